@@ -1,0 +1,442 @@
+"""``shoal``: the command line. Parses arguments, calls ``replicas/``, renders the answer.
+
+Every command that prints data takes ``--json`` (stable keys, full hex ids). Tables show ids
+abbreviated; any unique hex prefix is accepted wherever an id is asked for, as in git. Any
+``ShoalError`` becomes one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from engine import views
+from eventlog.errors import NotFoundError, ShoalError
+from replicas import inspect
+from replicas.home import Home, default_home
+from replicas.vault import Replica, init_vault, opened
+
+P = ParamSpec("P")
+R = TypeVar("R")
+SHORT = 12
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"shoal: error: {message}", markup=False)
+    sys.exit(code)
+
+
+def guarded(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn our typed errors (and a few OS ones) into one line and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ShoalError as exc:
+            fail(str(exc), exc.exit_code)
+        except PermissionError as exc:
+            fail(f"permission denied: {exc.filename}", 5)
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 5)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def when(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_since(text: str) -> int:
+    """``2h``, ``3d``, ``45m``, ``10s`` ago, or an ISO date/time."""
+    match = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
+    now = dt.datetime.now()
+    if match:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+        delta = dt.timedelta(**{unit[match.group(2)]: int(match.group(1))})
+        return int((now - delta).timestamp() * 1000)
+    try:
+        return int(dt.datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError as exc:
+        raise click.BadParameter(f"not a time: {text!r} (try 2h, 3d or 2026-11-01)") from exc
+
+
+class Context:
+    def __init__(self, home: Path) -> None:
+        self.home = Home(home)
+
+    @contextmanager
+    def replica(self) -> Iterator[Replica]:
+        with opened(self.home) as replica:
+            yield replica
+
+
+pass_ctx = click.make_pass_decorator(Context)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    envvar="SHOAL_HOME",
+    help="Replica home directory [env SHOAL_HOME; default: XDG data dir].",
+)
+@click.version_option(package_name="shoal")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None) -> None:
+    """shoal: your documents on all your machines, encrypted, signed and in agreement."""
+    ctx.obj = Context(home if home is not None else default_home())
+
+
+# --- vault ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--name", help="A name for this replica (default: the host name).")
+@json_option
+@pass_ctx
+@guarded
+def init(ctx: Context, name: str | None, as_json: bool) -> None:
+    """Create a new vault with this replica as its founder."""
+    replica = init_vault(ctx.home, name)
+    try:
+        info = {
+            "vault": replica.log.vault_id.hex(),
+            "replica": replica.engine.me.hex(),
+            "name": replica.name,
+            "home": str(ctx.home.root),
+        }
+    finally:
+        replica.close()
+    if as_json:
+        emit_json(info)
+    else:
+        out.print(f"Created vault {info['vault'][:SHORT]} in {info['home']}")
+        out.print(f"This replica: {info['replica'][:SHORT]} ({info['name']})")
+
+
+@main.command()
+@json_option
+@pass_ctx
+@guarded
+def status(ctx: Context, as_json: bool) -> None:
+    """Vault, replica, event counts, version vector and integrity."""
+    with ctx.replica() as replica:
+        info = inspect.status(replica)
+    if as_json:
+        emit_json(info)
+        return
+    out.print(f"vault      {info['vault']}")
+    out.print(f"replica    {info['replica']} ({info['name']})")
+    out.print(
+        f"events     {info['events']}   documents {info['documents']}   "
+        f"members {info['members']}   key epoch {info['epoch']}"
+    )
+    table = Table("author", "name", "seq", "head", title="version vector", title_justify="left")
+    for author, head in info["version_vector"].items():
+        table.add_row(author[:SHORT], head["name"], str(head["seq"]), head["id"][:SHORT])
+    out.print(table)
+    integrity = "ok" if not (info["pending"] or info["equivocations"]) else "ATTENTION"
+    out.print(
+        f"integrity  {integrity}: {info['pending']} pending, "
+        f"{info['equivocations']} equivocation evidence rows, "
+        f"{len(info['frozen'])} frozen author(s); last verify: "
+        f"{_last_verify(info['last_verify'])}"
+    )
+
+
+def _last_verify(fact: str | None) -> str:
+    if not fact:
+        return "never (run `shoal verify`)"
+    verdict, _, ms = fact.partition(" at ")
+    return f"{verdict} at {when(int(ms))}" if ms.isdigit() else fact
+
+
+# --- documents ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("title")
+@click.option("--text", default="", help="Initial body text.")
+@json_option
+@pass_ctx
+@guarded
+def new(ctx: Context, title: str, text: str, as_json: bool) -> None:
+    """Create a document; prints its id."""
+    with ctx.replica() as replica:
+        doc = replica.engine.create_doc(title, text)
+    if as_json:
+        emit_json({"doc": doc.hex()})
+    else:
+        click.echo(doc.hex())
+
+
+def _edit(ctx: Context, doc: str, action: Callable[[Replica, bytes], None]) -> None:
+    with ctx.replica() as replica:
+        action(replica, replica.engine.resolve_doc(doc))
+
+
+@main.command()
+@click.argument("doc")
+@click.argument("text")
+@pass_ctx
+@guarded
+def append(ctx: Context, doc: str, text: str) -> None:
+    """Append TEXT to a document's body."""
+    _edit(ctx, doc, lambda r, d: r.engine.append_text(d, text))
+
+
+@main.command("set-title")
+@click.argument("doc")
+@click.argument("title")
+@pass_ctx
+@guarded
+def set_title(ctx: Context, doc: str, title: str) -> None:
+    """Rename a document."""
+    _edit(ctx, doc, lambda r, d: r.engine.set_title(d, title))
+
+
+@main.command()
+@click.argument("doc")
+@click.argument("tag")
+@pass_ctx
+@guarded
+def tag(ctx: Context, doc: str, tag: str) -> None:
+    """Add TAG to a document."""
+    _edit(ctx, doc, lambda r, d: r.engine.add_tag(d, tag))
+
+
+@main.command()
+@json_option
+@pass_ctx
+@guarded
+def docs(ctx: Context, as_json: bool) -> None:
+    """List documents: id, title, tags, updated, size."""
+    with ctx.replica() as replica:
+        rows = views.list_docs(replica.store)
+    if as_json:
+        emit_json(
+            [
+                {
+                    "doc": r.doc.hex(),
+                    "title": r.title,
+                    "tags": r.tags,
+                    "created_ms": r.created_ms,
+                    "updated_ms": r.updated_ms,
+                    "size": r.size,
+                    "events": r.events,
+                }
+                for r in rows
+            ]
+        )
+        return
+    table = Table("id", "title", "tags", "updated", "size")
+    for r in rows:
+        table.add_row(
+            r.doc.hex()[:SHORT], r.title, ", ".join(r.tags), when(r.updated_ms), str(r.size)
+        )
+    out.print(table)
+
+
+@main.command()
+@click.argument("doc")
+@click.option("--at", "at", metavar="EVENT", help="Show the body as of this event.")
+@json_option
+@pass_ctx
+@guarded
+def cat(ctx: Context, doc: str, at: str | None, as_json: bool) -> None:
+    """Print a document's body (now, or as of an event)."""
+    with ctx.replica() as replica:
+        doc_id = replica.engine.resolve_doc(doc)
+        if at is None:
+            live = replica.engine.open(doc_id)
+            body, title = str(live.body), views.list_docs(replica.store, doc_id)[0].title
+            event = None
+        else:
+            row = replica.store.resolve_event(at)
+            state = views.state_at(replica.store, replica.engine.keyring, doc_id, row)
+            body, title, event = state.body, state.title, row.id.hex()
+    if as_json:
+        emit_json({"doc": doc_id.hex(), "title": title, "at": event, "body": body})
+    else:
+        click.echo(body, nl=not body.endswith("\n"))
+
+
+def _log_json(row: views.LogRow, names: dict[bytes, str]) -> dict[str, Any]:
+    return {
+        "id": row.id.hex(),
+        "author": row.author.hex(),
+        "author_name": names.get(row.author, ""),
+        "seq": row.seq,
+        "lamport": row.lamport,
+        "time_ms": row.time_ms,
+        "kind": inspect.kind_name(row.kind),
+        "type": row.type,
+        "doc": row.doc.hex() if row.doc else None,
+        "size": row.size,
+    }
+
+
+def _log_table(rows: list[views.LogRow], names: dict[bytes, str], doc_column: bool) -> Table:
+    columns = ["id", "author", "seq", "lamport", "time", "type"]
+    table = Table(*columns, *(["doc"] if doc_column else []), "size")
+    for r in rows:
+        author = f"{r.author.hex()[:8]} {names.get(r.author, '')}".rstrip()
+        cells = [
+            r.id.hex()[:SHORT],
+            author,
+            str(r.seq),
+            str(r.lamport),
+            when(r.time_ms),
+            r.type or inspect.kind_name(r.kind),
+        ]
+        if doc_column:
+            cells.append(r.doc.hex()[:SHORT] if r.doc else "")
+        table.add_row(*cells, str(r.size))
+    return table
+
+
+@main.command()
+@click.argument("doc")
+@json_option
+@pass_ctx
+@guarded
+def history(ctx: Context, doc: str, as_json: bool) -> None:
+    """The events that changed a document, newest first."""
+    with ctx.replica() as replica:
+        doc_id = replica.engine.resolve_doc(doc)
+        rows = views.log(replica.store, doc=doc_id)
+        names = views.replica_names(replica.store)
+    if as_json:
+        emit_json([_log_json(r, names) for r in rows])
+    else:
+        out.print(_log_table(rows, names, doc_column=False))
+
+
+@main.command("log")
+@click.option("--doc", help="Only events of this document.")
+@click.option("--author", help="Only events by this replica (id prefix).")
+@click.option("--type", "type_", help="Only this payload type (e.g. doc.update).")
+@click.option("--since", help="Only events since a time: 2h, 3d, or an ISO date.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N events.")
+@json_option
+@pass_ctx
+@guarded
+def log_command(
+    ctx: Context,
+    doc: str | None,
+    author: str | None,
+    type_: str | None,
+    since: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """The vault's history, newest first: id, author, seq, lamport, time, type, doc, size."""
+    since_ms = parse_since(since) if since else None
+    with ctx.replica() as replica:
+        doc_id = replica.engine.resolve_doc(doc) if doc else None
+        author_id = _resolve_author(replica, author) if author else None
+        rows = views.log(
+            replica.store, doc=doc_id, author=author_id, type_=type_, since_ms=since_ms, limit=limit
+        )
+        names = views.replica_names(replica.store)
+    if as_json:
+        emit_json([_log_json(r, names) for r in rows])
+    else:
+        out.print(_log_table(rows, names, doc_column=True))
+
+
+def _resolve_author(replica: Replica, prefix: str) -> bytes:
+    names = views.replica_names(replica.store)
+    authors = set(replica.store.version_vector()) | set(replica.log.roster)
+    matches = [a for a in authors if a.hex().startswith(prefix.lower()) or names.get(a) == prefix]
+    if not matches:
+        raise NotFoundError(f"no replica {prefix}")
+    if len(matches) > 1:
+        from eventlog.errors import AmbiguousError
+
+        raise AmbiguousError(f"replica prefix {prefix} is ambiguous")
+    return matches[0]
+
+
+@main.command()
+@click.argument("event")
+@json_option
+@pass_ctx
+@guarded
+def show(ctx: Context, event: str, as_json: bool) -> None:
+    """One event: header fields, signature status, decrypted payload summary."""
+    with ctx.replica() as replica:
+        info = inspect.show_event(replica, replica.store.resolve_event(event))
+    if as_json:
+        emit_json(info)
+        return
+    for key, value in info.items():
+        if key == "payload":
+            out.print("payload")
+            for pkey, pvalue in value.items():
+                out.print(f"  {pkey:<10} {pvalue}", markup=False)
+        else:
+            out.print(f"{key:<12} {value}", markup=False)
+
+
+@main.command()
+@json_option
+@pass_ctx
+@guarded
+def verify(ctx: Context, as_json: bool) -> None:
+    """Check signatures, chains, decryptability, equivocations, pending. Exit 1 on any problem."""
+    with ctx.replica() as replica:
+        report, sqlite_problems = inspect.verify(replica)
+    problems = [
+        {
+            "kind": p.kind,
+            "reason": p.reason,
+            "event": p.event_id.hex() if p.event_id else None,
+            "author": p.author.hex() if p.author else None,
+            "seq": p.seq,
+        }
+        for p in report.problems
+    ] + [
+        {"kind": "sqlite", "reason": text, "event": None, "author": None, "seq": None}
+        for text in sqlite_problems
+    ]
+    if as_json:
+        emit_json({"ok": not problems, "events": report.events, "problems": problems})
+    else:
+        for p in problems:
+            where = (
+                f"event {p['event']}"
+                if p["event"]
+                else (f"author {p['author'][:SHORT]}" if p["author"] else "database")
+            )
+            seq = f" (seq {p['seq']})" if p["seq"] else ""
+            err.print(f"BAD {p['kind']}: {where}{seq}: {p['reason']}", markup=False)
+        verdict = "ok" if not problems else f"{len(problems)} problem(s)"
+        out.print(f"verified {report.events} events: {verdict}")
+    if problems:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

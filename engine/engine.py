@@ -1,0 +1,424 @@
+"""The engine: local edits become events, and events (local or remote) become documents.
+
+Write path: an edit is one pycrdt transaction on a live document; edits are *coalesced* — the
+next ``doc.update`` event is the diff between the document and its state at the last flush,
+cut when ``max_edits`` edits or ``max_delay`` seconds have accumulated, or on ``flush()`` /
+``close()`` — so typing costs one signature per burst, not per keystroke.
+
+Read path: every stored event goes through :meth:`Engine._apply`, whichever replica wrote it.
+Our own flushed events are echoes (the live document already holds them) and are not applied
+twice; everything else is decrypted and merged. Before a remote update is merged into a live
+document, that document's unflushed local edits are flushed, so a diff never carries someone
+else's changes under our name. Every derived row is written in the same transaction as the
+event it comes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Final
+
+from engine import documents
+from engine.documents import DOC_ID_BYTES, LiveDoc
+from engine.subscription import Subscription
+from eventlog.accept import Accepted, Log, Outcome, now_ms
+from eventlog.crypto import KxKey, SigningKey, wrap_key
+from eventlog.envelope import Event, Kind, decode_event
+from eventlog.errors import (
+    AmbiguousError,
+    DecodeError,
+    IntegrityError,
+    MembershipError,
+    NotFoundError,
+    WrongTypeError,
+)
+from eventlog.membership import ROLE_FULL, member_add_payload, wrap_context, wrapped_keys
+from eventlog.migrate import migrate
+from eventlog.payload import Payload, decode_payload, field_bytes
+from eventlog.sealing import Keyring
+from eventlog.store import hex_prefix_bounds
+
+T_DOC_UPDATE: Final = "doc.update"
+T_REPLICA_PROFILE: Final = "replica.profile"
+
+MAX_DELAY_S: Final = 0.25
+"""Longest a local edit waits before it becomes an event (bounded coalescing delay)."""
+MAX_EDITS: Final = 4096
+"""Most edits one event carries; bounds event size for fast typists and bulk edits."""
+SNAPSHOT_EVERY: Final = 256
+"""Updates applied to a document between snapshots; bounds the replay on open."""
+MAX_LIVE_DOCS: Final = 64
+
+
+class Engine:
+    """A full replica's view of its vault: documents over a :class:`Log`."""
+
+    def __init__(
+        self,
+        log: Log,
+        signer: SigningKey,
+        keyring: Keyring,
+        *,
+        max_delay: float = MAX_DELAY_S,
+        max_edits: int = MAX_EDITS,
+    ) -> None:
+        self.log = log
+        self.store = log.store
+        self.signer = signer
+        self.keyring = keyring
+        self.max_delay = max_delay
+        self.max_edits = max_edits
+        self._live: OrderedDict[bytes, LiveDoc] = OrderedDict()
+        self._wakeups: set[asyncio.Event] = set()
+        migrate(self.store.conn, "engine", "engine.migrations")
+        self.store.rollback_hooks.append(self._live.clear)
+        self.catch_up()
+
+    @property
+    def me(self) -> bytes:
+        return self.signer.public
+
+    # --- local writes -------------------------------------------------------------------------
+
+    def create_doc(self, title: str, text: str = "", tags: Iterable[str] = ()) -> bytes:
+        """A new document; its first event is written at the next flush."""
+        doc_id = documents.new_doc_id()
+        live = documents.empty_live(doc_id)
+        documents.initialize(live, title, text, sorted(set(tags)), now_ms())
+        self._remember(live)
+        self._edited(live)
+        return doc_id
+
+    def edit_text(self, doc_id: bytes, pos: int, delete: int, insert: str) -> None:
+        live = self.open(doc_id)
+        documents.edit_text(live, pos, delete, insert)
+        self._edited(live)
+
+    def append_text(self, doc_id: bytes, text: str) -> None:
+        live = self.open(doc_id)
+        documents.edit_text(live, len(live.body), 0, text)
+        self._edited(live)
+
+    def set_title(self, doc_id: bytes, title: str) -> None:
+        live = self.open(doc_id)
+        documents.set_title(live, title)
+        self._edited(live)
+
+    def add_tag(self, doc_id: bytes, tag: str) -> None:
+        live = self.open(doc_id)
+        documents.add_tag(live, tag)
+        self._edited(live)
+
+    def set_profile(self, name: str) -> Accepted:
+        """Name this replica for the other members (sealed: the relay never sees names)."""
+        return self._append({"t": T_REPLICA_PROFILE, "name": name})
+
+    def add_member(self, member: bytes, kx: bytes, role: str = ROLE_FULL) -> Accepted:
+        """Admit a replica: a public ``member.add`` carrying every epoch key wrapped for it."""
+        vault = self.log.vault_id
+        keys = {
+            epoch: wrap_key(kx, key, wrap_context(vault, epoch, member))
+            for epoch, key in self.keyring.epochs().items()
+        }
+        payload = member_add_payload(member, kx, role, keys)
+        with self.store.atomic():
+            accepted = self.log.append_local(self.signer, self.keyring, Kind.MEMBERSHIP, 0, payload)
+            self._apply(accepted, payload, None)
+        self._notify()
+        return accepted
+
+    def adopt_keys(self, kx: KxKey) -> dict[int, bytes]:
+        """Unwrap the epoch keys our ``member.add`` carries; apply what they now open."""
+        member = self.log.roster.get(self.me)
+        if member is None:
+            raise MembershipError("this replica is not (yet) a member of the vault")
+        row = self.store.event_by_id(member.added_event)
+        if row is None:
+            raise NotFoundError("our membership event is not in the store")
+        event = decode_event(row.raw)
+        payload = decode_payload(event.body)
+        keys = {}
+        for epoch, wrapped in wrapped_keys(payload).items():
+            keys[epoch] = kx.unwrap(wrapped, wrap_context(self.log.vault_id, epoch, self.me))
+            self.keyring.add(epoch, keys[epoch])
+        self._reapply_unopened()
+        return keys
+
+    def _reapply_unopened(self) -> None:
+        rows = self.store.query_all("SELECT rowid FROM event_index WHERE type IS NULL")
+        with self.store.atomic():
+            for (rowid,) in rows:
+                self._apply(Accepted(rowid, self.store_event(rowid)), None, None)
+        self._notify()
+
+    def _edited(self, live: LiveDoc) -> None:
+        now = time.monotonic()
+        live.edits += 1
+        if live.dirty_since is None:
+            live.dirty_since = now
+        if live.edits >= self.max_edits or now - live.dirty_since >= self.max_delay:
+            self.flush(live.doc_id)
+
+    def flush(self, doc_id: bytes | None = None) -> list[Accepted]:
+        """Turn unflushed local edits into events (all documents, or one), one transaction."""
+        targets = (
+            [self._live[doc_id]]
+            if doc_id in self._live
+            else ([] if doc_id is not None else [lv for lv in self._live.values() if lv.dirty])
+        )
+        written = []
+        with self.store.atomic():
+            for live in targets:
+                if not live.dirty:
+                    continue
+                update = live.doc.get_update(live.flushed_state)
+                live.mark_flushed()
+                payload = {"t": T_DOC_UPDATE, "doc": live.doc_id, "u": update}
+                written.append(self._append(payload, echo=live))
+        self._notify()
+        return written
+
+    def _append(self, payload: Payload, echo: LiveDoc | None = None) -> Accepted:
+        with self.store.atomic():
+            accepted = self.log.append_local(
+                self.signer, self.keyring, Kind.DATA, self.keyring.current_epoch, payload
+            )
+            self._apply(accepted, payload, echo)
+        return accepted
+
+    def close(self) -> None:
+        """Flush everything, snapshot what changed, release the database."""
+        self.flush()
+        with self.store.atomic():
+            for live in self._live.values():
+                self._snapshot(live, force=False)
+        self._live.clear()
+        self.store.close()
+
+    # --- remote events ------------------------------------------------------------------------
+
+    def accept_remote(self, raw: bytes) -> Outcome:
+        """The accept path for an event from elsewhere, then apply what got stored."""
+        with self.store.atomic():
+            outcome = self.log.accept(raw)
+            for accepted in outcome.accepted:
+                self._apply(accepted, None, None)
+        self._notify()
+        return outcome
+
+    def catch_up(self) -> int:
+        """Apply stored events the derived state has not seen (after a crash or a rebuild)."""
+        applied = 0
+        while True:
+            upto = self._applied_upto()
+            rows = self.store.events_after(upto, 1000)
+            if not rows:
+                return applied
+            with self.store.atomic():
+                for row in rows:
+                    event = self.store_event(row.rowid)
+                    self._apply(Accepted(row.rowid, event), None, None)
+                    applied += 1
+
+    def store_event(self, rowid: int) -> Event:
+        row = self.store.event_by_rowid(rowid)
+        if row is None:
+            raise NotFoundError(f"no event at rowid {rowid}")
+        return decode_event(row.raw)
+
+    # --- events -> documents (the one path) ---------------------------------------------------
+
+    def _apply(self, accepted: Accepted, payload: Payload | None, echo: LiveDoc | None) -> None:
+        event, rowid = accepted.event, accepted.rowid
+        note = None
+        if payload is None and event.kind == Kind.DATA:
+            try:
+                payload = self.keyring.open_payload(event)
+            except (IntegrityError, DecodeError) as exc:
+                note = str(exc)
+        elif payload is None:
+            payload = self._public(event)
+        doc_id = None
+        if payload is not None and payload.get("t") == T_DOC_UPDATE:
+            try:
+                doc_id = field_bytes(payload, "doc", DOC_ID_BYTES)
+                update = field_bytes(payload, "u")
+            except WrongTypeError as exc:
+                note, doc_id = str(exc), None
+        self.store.conn.execute(
+            "INSERT OR REPLACE INTO event_index VALUES (?, ?, ?, ?, ?)",
+            (rowid, None if payload is None else payload["t"], doc_id, len(event.raw), note),
+        )
+        if doc_id is not None and note is None:
+            self._merge(doc_id, update, accepted, echo)
+        elif payload is not None and payload.get("t") == T_REPLICA_PROFILE:
+            name = payload.get("name")
+            if isinstance(name, str):
+                self.store.conn.execute(
+                    "INSERT OR REPLACE INTO replica_names VALUES (?, ?)", (event.author, name)
+                )
+        self.store.conn.execute(
+            "UPDATE engine_state SET value = max(value, ?) WHERE key = 'applied_upto'", (rowid,)
+        )
+
+    @staticmethod
+    def _public(event: Event) -> Payload | None:
+        if event.epoch != 0:
+            return None
+        try:
+            return decode_payload(event.body)
+        except DecodeError:
+            return None
+
+    def _merge(
+        self, doc_id: bytes, update: bytes, accepted: Accepted, echo: LiveDoc | None
+    ) -> None:
+        live = echo if echo is not None else self._live.get(doc_id)
+        if live is None:
+            live = self._load(doc_id, upto=accepted.rowid)
+            self._remember(live)
+        elif echo is None:
+            if live.dirty:
+                self.flush(doc_id)
+            live.doc.apply_update(update)
+            live.mark_flushed()
+        live.last_rowid = max(live.last_rowid, accepted.rowid)
+        self._write_summary(live, accepted)
+
+    def _write_summary(self, live: LiveDoc, accepted: Accepted) -> None:
+        summary = documents.summarize(live)
+        time_ms = accepted.event.time_ms
+        self.store.conn.execute(
+            "INSERT INTO docs (doc, title, tags, created_ms, updated_ms, size, events)"
+            " VALUES (?, ?, ?, ?, ?, ?, 1)"
+            " ON CONFLICT (doc) DO UPDATE SET title = excluded.title, tags = excluded.tags,"
+            " created_ms = excluded.created_ms, updated_ms = max(updated_ms, excluded.updated_ms),"
+            " size = excluded.size, events = events + 1, since_snapshot = since_snapshot + 1",
+            (
+                live.doc_id,
+                summary.title,
+                json.dumps(summary.tags),
+                summary.created_ms,
+                time_ms,
+                summary.size,
+            ),
+        )
+        self._snapshot(live, force=False, threshold=SNAPSHOT_EVERY)
+
+    def _snapshot(self, live: LiveDoc, *, force: bool, threshold: int = 1) -> None:
+        """Store the full state of a live document if enough happened since the last one.
+
+        Only a document with no unflushed edits is snapshotted: a snapshot must never hold
+        what the log does not.
+        """
+        if live.dirty:
+            return
+        row = self.store.query_one("SELECT since_snapshot FROM docs WHERE doc = ?", (live.doc_id,))
+        if row is None or (row[0] < threshold and not force):
+            return
+        self.store.conn.execute(
+            "UPDATE docs SET snapshot = ?, snapshot_rowid = ?, since_snapshot = 0 WHERE doc = ?",
+            (live.doc.get_update(), live.last_rowid, live.doc_id),
+        )
+
+    # --- opening documents --------------------------------------------------------------------
+
+    def resolve_doc(self, prefix: str) -> bytes:
+        """The one document whose hex id starts with ``prefix``."""
+        low, high = hex_prefix_bounds(prefix, DOC_ID_BYTES)
+        rows = self.store.query_all(
+            "SELECT doc FROM docs WHERE doc BETWEEN ? AND ? LIMIT 2", (low, high)
+        )
+        if not rows:
+            raise NotFoundError(f"no document {prefix}")
+        if len(rows) > 1:
+            raise AmbiguousError(f"document prefix {prefix} is ambiguous")
+        return bytes(rows[0][0])
+
+    def open(self, doc_id: bytes) -> LiveDoc:
+        """The live document (loaded from its snapshot plus the events after it)."""
+        live = self._live.get(doc_id)
+        if live is not None:
+            self._live.move_to_end(doc_id)
+            return live
+        row = self.store.query_one("SELECT 1 FROM docs WHERE doc = ?", (doc_id,))
+        if row is None:
+            raise NotFoundError(f"no document {doc_id.hex()}")
+        live = self._load(doc_id, upto=None)
+        self._remember(live)
+        return live
+
+    def _load(self, doc_id: bytes, upto: int | None) -> LiveDoc:
+        live = documents.empty_live(doc_id)
+        row = self.store.query_one(
+            "SELECT snapshot, snapshot_rowid FROM docs WHERE doc = ?", (doc_id,)
+        )
+        after = 0
+        if row is not None and row[0] is not None:
+            live.doc.apply_update(bytes(row[0]))
+            after = row[1]
+        for rowid, update in self._doc_updates(doc_id, after, upto):
+            live.doc.apply_update(update)
+            live.last_rowid = rowid
+        live.last_rowid = max(live.last_rowid, after)
+        live.mark_flushed()
+        return live
+
+    def _doc_updates(
+        self, doc_id: bytes, after: int, upto: int | None
+    ) -> Iterable[tuple[int, bytes]]:
+        rows = self.store.query_all(
+            "SELECT e.rowid, e.raw FROM event_index i JOIN events e ON e.rowid = i.rowid"
+            " WHERE i.doc = ? AND i.rowid > ? AND i.rowid <= ? AND i.note IS NULL"
+            " ORDER BY i.rowid",
+            (doc_id, after, upto if upto is not None else 2**62),
+        )
+        for rowid, raw in rows:
+            payload = self.keyring.open_payload(decode_event(bytes(raw)))
+            yield rowid, field_bytes(payload, "u")
+
+    def _remember(self, live: LiveDoc) -> None:
+        self._live[live.doc_id] = live
+        self._live.move_to_end(live.doc_id)
+        while len(self._live) > MAX_LIVE_DOCS:
+            old_id, old = next(iter(self._live.items()))
+            if old.dirty:
+                self.flush(old_id)
+            with self.store.atomic():
+                self._snapshot(old, force=False)
+            del self._live[old_id]
+
+    def _applied_upto(self) -> int:
+        row = self.store.query_one("SELECT value FROM engine_state WHERE key = 'applied_upto'")
+        return int(row[0]) if row else 0
+
+    # --- subscriptions ------------------------------------------------------------------------
+
+    def subscribe(self, after: int | None = None) -> Subscription:
+        """Applied events after local rowid ``after`` (default: from now on)."""
+        return Subscription(self, self._applied_upto() if after is None else after)
+
+    def add_wakeup(self, wakeup: asyncio.Event) -> None:
+        self._wakeups.add(wakeup)
+
+    def remove_wakeup(self, wakeup: asyncio.Event) -> None:
+        self._wakeups.discard(wakeup)
+
+    def _notify(self) -> None:
+        for wakeup in self._wakeups:
+            wakeup.set()
+
+    # --- rebuilding derived state -------------------------------------------------------------
+
+    def rebuild(self) -> int:
+        """Drop every derived row and re-apply the whole log (derived state is disposable)."""
+        self._live.clear()
+        with self.store.atomic():
+            for table in ("event_index", "docs", "replica_names"):
+                self.store.conn.execute(f"DELETE FROM {table}")
+            self.store.conn.execute("UPDATE engine_state SET value = 0")
+        return self.catch_up()

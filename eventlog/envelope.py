@@ -1,0 +1,237 @@
+"""The v1 event envelope and its strict canonical codec.
+
+Signed bytes are the canonical msgpack encoding of a fixed-order array::
+
+    [v, vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, body]
+
+and an event travels and rests as ``[signed, sig]``. ``id = BLAKE2b-256(signed)``.
+
+"Canonical" means the bytes are exactly what :func:`msgpack.packb` produces for the decoded
+value (shortest integer and length forms, ``bin`` for bytes). We check it by re-encoding and
+comparing, which is both simple and complete: any second encoding of the same value would let
+one signed event have two ids, so it is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+import msgpack
+
+from eventlog.errors import (
+    MalformedError,
+    NonCanonicalError,
+    OversizeError,
+    TruncatedError,
+    UnknownVersionError,
+    WrongTypeError,
+)
+
+VERSION: Final = 1
+MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
+"""Largest wire event. File content is chunked well below this (blobs), so only a pathological
+single CRDT update could reach it."""
+MAX_NONCE_BYTES: Final = 64
+KEY_BYTES: Final = 32
+SIG_BYTES: Final = 64
+ZERO32: Final = bytes(32)
+MAX_UINT64: Final = 2**64 - 1
+MAX_KIND: Final = 255
+FIELD_COUNT: Final = 11
+
+
+class Kind(IntEnum):
+    """Public class of an event: the only thing about its meaning a blind relay can read."""
+
+    GENESIS = 0
+    MEMBERSHIP = 1
+    DATA = 2
+    KEY_ROTATION = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """Everything the signature covers except the body; also the AEAD's associated data."""
+
+    vault: bytes
+    author: bytes
+    seq: int
+    prev: bytes
+    lamport: int
+    time_ms: int
+    epoch: int
+    kind: int
+    nonce: bytes
+    v: int = VERSION
+
+    def fields(self) -> list[Any]:
+        return [
+            self.v,
+            self.vault,
+            self.author,
+            self.seq,
+            self.prev,
+            self.lamport,
+            self.time_ms,
+            self.epoch,
+            self.kind,
+            self.nonce,
+        ]
+
+    def associated_data(self) -> bytes:
+        """The bytes the AEAD binds the body to: every header field, canonically encoded."""
+        return msgpack.packb(self.fields(), use_bin_type=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One decoded, not yet trusted, event. ``raw`` is its exact wire form."""
+
+    header: Header
+    body: bytes
+    signed: bytes
+    sig: bytes
+    id: bytes
+    raw: bytes
+
+    # Shortcuts for the fields every caller reads.
+    @property
+    def author(self) -> bytes:
+        return self.header.author
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    @property
+    def prev(self) -> bytes:
+        return self.header.prev
+
+    @property
+    def lamport(self) -> int:
+        return self.header.lamport
+
+    @property
+    def kind(self) -> int:
+        return self.header.kind
+
+    @property
+    def epoch(self) -> int:
+        return self.header.epoch
+
+    @property
+    def vault(self) -> bytes:
+        return self.header.vault
+
+    @property
+    def time_ms(self) -> int:
+        return self.header.time_ms
+
+
+def event_id(signed: bytes) -> bytes:
+    """BLAKE2b-256 of the signed bytes: the event's name everywhere."""
+    return hashlib.blake2b(signed, digest_size=32).digest()
+
+
+def encode_signed(header: Header, body: bytes) -> bytes:
+    """Canonical signed bytes for a header and a (sealed) body."""
+    return msgpack.packb([*header.fields(), body], use_bin_type=True)
+
+
+def encode_wire(signed: bytes, sig: bytes) -> bytes:
+    return msgpack.packb([signed, sig], use_bin_type=True)
+
+
+def assemble(header: Header, body: bytes, sig: bytes, signed: bytes | None = None) -> Event:
+    """Build an Event from parts we produced ourselves (no parsing needed)."""
+    signed = signed if signed is not None else encode_signed(header, body)
+    raw = encode_wire(signed, sig)
+    return Event(header, body, signed, sig, event_id(signed), raw)
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=MAX_EVENT_BYTES,
+            max_str_len=MAX_EVENT_BYTES,
+            max_array_len=64,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData as exc:
+        raise MalformedError(f"{what}: trailing bytes after the value") from exc
+    except ValueError as exc:
+        if "incomplete" in str(exc):
+            raise TruncatedError(f"{what}: input ends early") from exc
+        raise MalformedError(f"{what}: {exc or 'not valid msgpack'}") from exc
+    except Exception as exc:  # msgpack raises a few unrelated types for garbage input
+        raise MalformedError(f"{what}: not valid msgpack ({type(exc).__name__})") from exc
+    return value
+
+
+def _bytes(value: Any, name: str, length: int | None = None, limit: int | None = None) -> bytes:
+    if type(value) is not bytes:
+        raise WrongTypeError(f"{name}: expected bytes, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise WrongTypeError(f"{name}: expected {length} bytes, got {len(value)}")
+    if limit is not None and len(value) > limit:
+        raise OversizeError(f"{name}: {len(value)} bytes exceeds {limit}")
+    return value
+
+
+def _uint(value: Any, name: str, low: int = 0, high: int = MAX_UINT64) -> int:
+    if type(value) is not int:
+        raise WrongTypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise WrongTypeError(f"{name}: {value} outside [{low}, {high}]")
+    return value
+
+
+def decode_event(raw: bytes) -> Event:
+    """Strictly decode a wire event. Raises a ``DecodeError`` subclass for any violation.
+
+    Does not verify the signature or anything about the vault: see ``eventlog.accept``.
+    """
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise WrongTypeError(f"event: expected bytes, got {type(raw).__name__}")
+    raw = bytes(raw)
+    if len(raw) > MAX_EVENT_BYTES:
+        raise OversizeError(f"event: {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
+    outer = _unpack(raw, "event")
+    if type(outer) is not list or len(outer) != 2:
+        raise WrongTypeError("event: expected [signed, sig]")
+    signed = _bytes(outer[0], "signed")
+    sig = _bytes(outer[1], "sig", SIG_BYTES)
+    fields = _unpack(signed, "signed bytes")
+    if type(fields) is not list or not fields:
+        raise WrongTypeError("signed bytes: expected an array")
+    version = _uint(fields[0], "v")
+    if version != VERSION:
+        raise UnknownVersionError(f"event format version {version} (this build speaks {VERSION})")
+    if len(fields) != FIELD_COUNT:
+        raise WrongTypeError(f"signed bytes: expected {FIELD_COUNT} fields, got {len(fields)}")
+    header = Header(
+        vault=_bytes(fields[1], "vault", KEY_BYTES),
+        author=_bytes(fields[2], "author", KEY_BYTES),
+        seq=_uint(fields[3], "seq", low=1),
+        prev=_bytes(fields[4], "prev", KEY_BYTES),
+        lamport=_uint(fields[5], "lamport", low=1),
+        time_ms=_uint(fields[6], "time_ms"),
+        epoch=_uint(fields[7], "epoch"),
+        kind=_uint(fields[8], "kind", high=MAX_KIND),
+        nonce=_bytes(fields[9], "nonce", limit=MAX_NONCE_BYTES),
+        v=version,
+    )
+    body = _bytes(fields[10], "body")
+    if encode_wire(signed, sig) != raw or encode_signed(header, body) != signed:
+        raise NonCanonicalError("event: bytes are not the canonical encoding")
+    if header.seq == 1 and header.prev != ZERO32:
+        raise WrongTypeError("prev: must be zero for seq 1")
+    return Event(header, body, signed, sig, event_id(signed), raw)

@@ -1,0 +1,345 @@
+"""The SQLite store: events, heads (the version vector), pending, equivocations, roster.
+
+One place opens connections (:meth:`Store.open`); one context manager makes transactions
+(:meth:`Store.atomic`). Writes of acknowledged events run with WAL and ``synchronous=FULL``:
+when ``atomic()`` returns, the events are on disk. The store knows nothing about documents; the
+engine keeps its derived tables in the same file through its own migrations.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import sqlite_utils
+
+from eventlog.envelope import Event
+from eventlog.errors import AmbiguousError, NotFoundError, StorageError
+from eventlog.membership import Member
+from eventlog.migrate import migrate
+
+MAX_PENDING: Final = 100_000
+"""Bound on the pending area; beyond it a sender is told to retry (``PendingFullError``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """How far we hold one author's log: the version vector's entry."""
+
+    seq: int
+    id: bytes
+    lamport: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A row of ``events``: the raw event plus the columns we index it by."""
+
+    rowid: int
+    author: bytes
+    seq: int
+    id: bytes
+    lamport: int
+    time_ms: int
+    kind: int
+    epoch: int
+    raw: bytes
+
+
+_EVENT_COLUMNS: Final = "rowid, author, seq, id, lamport, time_ms, kind, epoch, raw"
+
+
+def _row(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(*row)
+
+
+def hex_prefix_bounds(prefix: str, width: int) -> tuple[bytes, bytes]:
+    """The byte range of ids (``width`` bytes) whose hex form starts with ``prefix``."""
+    prefix = prefix.lower()
+    if not prefix or len(prefix) > width * 2 or any(c not in "0123456789abcdef" for c in prefix):
+        raise NotFoundError(f"not a hex id or prefix: {prefix!r}")
+    low = bytes.fromhex(prefix.ljust(width * 2, "0"))
+    high = bytes.fromhex(prefix.ljust(width * 2, "f"))
+    return low, high
+
+
+class Store:
+    """An open vault database. Use :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.path = path
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._depth = 0
+        self._pending_count: int | None = None
+        self.rollback_hooks: list[Callable[[], None]] = []
+        """Called after a rollback, so callers can drop caches of what did not commit."""
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = False) -> Store:
+        """Open (or with ``create``, make) the database at ``path`` and migrate it."""
+        if not create and not path.exists():
+            raise NotFoundError(f"no vault database at {path}")
+        if create and not path.exists():
+            # The database holds derived plaintext on a full replica: owner-only from birth.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StorageError(f"could not enable WAL on {path} (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            store = cls(conn, path)
+            migrate(conn, "eventlog", "eventlog.migrations")
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open {path}: {exc}") from exc
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction; nested uses join the outer one. Rolls back on any exception."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot begin a transaction: {exc}") from exc
+        self._depth = 1
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            self._pending_count = None
+            for hook in self.rollback_hooks:
+                hook()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"database write failed: {exc}") from exc
+            raise
+        finally:
+            self._depth = 0
+
+    def query_one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        try:
+            row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"database read failed: {exc}") from exc
+        return row
+
+    def query_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"database read failed: {exc}") from exc
+
+    # --- vault facts ------------------------------------------------------------------------
+
+    def get_fact(self, key: str) -> bytes | None:
+        row = self.query_one("SELECT value FROM vault WHERE key = ?", (key,))
+        return None if row is None else bytes(row[0])
+
+    def set_fact(self, key: str, value: bytes) -> None:
+        with self.atomic():
+            self.conn.execute("INSERT OR REPLACE INTO vault VALUES (?, ?)", (key, value))
+
+    @property
+    def vault_id(self) -> bytes:
+        value = self.get_fact("vault_id")
+        if value is None:
+            raise StorageError("database has no vault id")
+        return value
+
+    # --- events -----------------------------------------------------------------------------
+
+    def insert_event(self, event: Event) -> int:
+        """Insert one checked event and advance its author's head; returns its rowid.
+
+        Call inside :meth:`atomic`: the insert and the head move together.
+        """
+        cur = self.conn.execute(
+            "INSERT INTO events (author, seq, id, lamport, time_ms, kind, epoch, raw)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.author,
+                event.seq,
+                event.id,
+                event.lamport,
+                event.time_ms,
+                event.kind,
+                event.epoch,
+                event.raw,
+            ),
+        )
+        self.conn.execute(
+            "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
+            (event.author, event.seq, event.id, event.lamport),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def head(self, author: bytes) -> Head | None:
+        row = self.query_one("SELECT seq, id, lamport FROM heads WHERE author = ?", (author,))
+        return None if row is None else Head(row[0], bytes(row[1]), row[2])
+
+    def version_vector(self) -> dict[bytes, Head]:
+        rows = self.query_all("SELECT author, seq, id, lamport FROM heads")
+        return {bytes(a): Head(s, bytes(i), lam) for a, s, i, lam in rows}
+
+    def max_lamport(self) -> int:
+        row = self.query_one("SELECT max(lamport) FROM heads")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def event_count(self) -> int:
+        """Logs are contiguous from seq 1, so the count is the sum of the heads."""
+        row = self.query_one("SELECT coalesce(sum(seq), 0) FROM heads")
+        return int(row[0]) if row else 0
+
+    def event_at(self, author: bytes, seq: int) -> StoredEvent | None:
+        row = self.query_one(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE author = ? AND seq = ?", (author, seq)
+        )
+        return None if row is None else _row(row)
+
+    def event_by_id(self, event_id: bytes) -> StoredEvent | None:
+        row = self.query_one(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ?", (event_id,))
+        return None if row is None else _row(row)
+
+    def event_by_rowid(self, rowid: int) -> StoredEvent | None:
+        row = self.query_one(f"SELECT {_EVENT_COLUMNS} FROM events WHERE rowid = ?", (rowid,))
+        return None if row is None else _row(row)
+
+    def resolve_event(self, prefix: str) -> StoredEvent:
+        """The one event whose hex id starts with ``prefix`` (git-style)."""
+        low, high = hex_prefix_bounds(prefix, 32)
+        rows = self.query_all(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE id BETWEEN ? AND ? LIMIT 2", (low, high)
+        )
+        if not rows:
+            raise NotFoundError(f"no event {prefix}")
+        if len(rows) > 1:
+            raise AmbiguousError(f"event prefix {prefix} is ambiguous")
+        return _row(rows[0])
+
+    def range(self, author: bytes, first: int, last: int) -> list[StoredEvent]:
+        """Events ``first..last`` (inclusive) of one author, in seq order."""
+        rows = self.query_all(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE author = ? AND seq BETWEEN ? AND ?"
+            " ORDER BY seq",
+            (author, first, last),
+        )
+        return [_row(r) for r in rows]
+
+    def events_after(self, rowid: int, limit: int = 1000) -> list[StoredEvent]:
+        """Events in local arrival order after ``rowid`` (what subscribers and rebuilds read)."""
+        rows = self.query_all(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        )
+        return [_row(r) for r in rows]
+
+    def last_rowid(self) -> int:
+        row = self.query_one("SELECT max(rowid) FROM events")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def iter_author_events(self) -> Iterator[StoredEvent]:
+        """Every event, author by author in seq order, read in pages (bounded memory)."""
+        for (author,) in self.query_all("SELECT author FROM heads ORDER BY author"):
+            seq = 0
+            while True:
+                page = self.range(bytes(author), seq + 1, seq + 2000)
+                yield from page
+                if len(page) < 2000:
+                    break
+                seq = page[-1].seq
+
+    # --- pending ----------------------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        if self._pending_count is None:
+            row = self.query_one("SELECT count(*) FROM pending")
+            self._pending_count = int(row[0]) if row else 0
+        return self._pending_count
+
+    def add_pending(self, event: Event, reason: str, now_ms: int) -> None:
+        self.conn.execute(
+            "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)",
+            (event.author, event.seq, event.id, event.raw, reason, now_ms),
+        )
+        self._pending_count = self.pending_count() + 1
+
+    def pending_at(self, author: bytes, seq: int) -> tuple[bytes, bytes] | None:
+        """``(id, raw)`` of the pending event at ``(author, seq)``, if any."""
+        row = self.query_one(
+            "SELECT id, raw FROM pending WHERE author = ? AND seq = ?", (author, seq)
+        )
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    def drop_pending(self, author: bytes, seq: int) -> None:
+        self.conn.execute("DELETE FROM pending WHERE author = ? AND seq = ?", (author, seq))
+        self._pending_count = None
+
+    def pending_summary(self) -> list[tuple[bytes, int, int, str]]:
+        """Per author and reason: ``(author, count, lowest seq, reason)``."""
+        rows = self.query_all(
+            "SELECT author, count(*), min(seq), reason FROM pending GROUP BY author, reason"
+        )
+        return [(bytes(a), n, s, r) for a, n, s, r in rows]
+
+    # --- equivocations ----------------------------------------------------------------------
+
+    def record_equivocation(
+        self, author: bytes, seq: int, ids_raws: list[tuple[bytes, bytes]], now_ms: int
+    ) -> None:
+        for event_id, raw in ids_raws:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO equivocations VALUES (?, ?, ?, ?, ?)",
+                (author, seq, event_id, raw, now_ms),
+            )
+
+    def frozen_authors(self) -> set[bytes]:
+        return {bytes(r[0]) for r in self.query_all("SELECT DISTINCT author FROM equivocations")}
+
+    def equivocations(self) -> list[tuple[bytes, int, bytes]]:
+        rows = self.query_all("SELECT author, seq, id FROM equivocations ORDER BY author, seq")
+        return [(bytes(a), s, bytes(i)) for a, s, i in rows]
+
+    # --- roster -----------------------------------------------------------------------------
+
+    def put_member(self, member: Member) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                member.author,
+                member.kx,
+                member.role,
+                member.added_by,
+                member.added_event,
+                member.added_ms,
+            ),
+        )
+
+    def members(self) -> dict[bytes, Member]:
+        rows = self.query_all(
+            "SELECT author, kx, role, added_by, added_event, added_ms FROM members"
+        )
+        return {
+            bytes(a): Member(bytes(a), bytes(k), r, bytes(b), bytes(e), t)
+            for a, k, r, b, e, t in rows
+        }

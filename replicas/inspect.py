@@ -1,0 +1,113 @@
+"""What the inspection commands report: status, one event in detail, and verification.
+
+Plain data (dicts of str/int/bool/lists) so the CLI can print it as a table or as ``--json``
+with the same, stable keys.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from engine import views
+from eventlog.accept import now_ms
+from eventlog.crypto import signature_ok
+from eventlog.envelope import Kind, decode_event
+from eventlog.errors import DecodeError, IntegrityError, StorageError
+from eventlog.integrity import Report, walk
+from eventlog.payload import decode_payload
+from eventlog.store import StoredEvent
+from replicas.vault import Replica
+
+
+def kind_name(kind: int) -> str:
+    try:
+        return Kind(kind).name.lower()
+    except ValueError:
+        return f"kind-{kind}"
+
+
+def status(replica: Replica) -> dict[str, Any]:
+    store, log = replica.store, replica.log
+    names = views.replica_names(store)
+    vv = store.version_vector()
+    docs = store.query_one("SELECT count(*) FROM docs")
+    last_verify = store.get_fact("last_verify")
+    return {
+        "vault": log.vault_id.hex(),
+        "replica": replica.engine.me.hex(),
+        "name": replica.name,
+        "events": store.event_count(),
+        "documents": int(docs[0]) if docs else 0,
+        "members": len(log.roster),
+        "epoch": replica.engine.keyring.current_epoch,
+        "version_vector": {
+            a.hex(): {"seq": h.seq, "id": h.id.hex(), "name": names.get(a, "")}
+            for a, h in sorted(vv.items())
+        },
+        "pending": store.pending_count(),
+        "equivocations": len(store.equivocations()),
+        "frozen": sorted(a.hex() for a in log.frozen),
+        "last_verify": last_verify.decode() if last_verify else None,
+    }
+
+
+def payload_summary(payload: dict[str, Any]) -> dict[str, Any]:
+    """A printable view of a payload: bytes as hex (long ones as their length)."""
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if isinstance(value, bytes):
+            out[str(key)] = value.hex() if len(value) <= 32 else f"<{len(value)} bytes>"
+        elif isinstance(value, dict):
+            out[str(key)] = payload_summary(value)
+        else:
+            out[str(key)] = value
+    return out
+
+
+def show_event(replica: Replica, row: StoredEvent) -> dict[str, Any]:
+    names = views.replica_names(replica.store)
+    info: dict[str, Any] = {"id": row.id.hex(), "rowid": row.rowid}
+    try:
+        event = decode_event(row.raw)
+    except DecodeError as exc:
+        info.update(decodes=False, error=str(exc))
+        return info
+    info.update(
+        decodes=True,
+        version=event.header.v,
+        vault=event.vault.hex(),
+        author=event.author.hex(),
+        author_name=names.get(event.author, ""),
+        seq=event.seq,
+        prev=event.prev.hex(),
+        lamport=event.lamport,
+        time_ms=event.time_ms,
+        epoch=event.epoch,
+        kind=kind_name(event.kind),
+        nonce=event.header.nonce.hex(),
+        body_bytes=len(event.body),
+        size=len(row.raw),
+        id_matches=event.id == row.id,
+        signature="valid" if signature_ok(event.author, event.sig, event.signed) else "INVALID",
+    )
+    try:
+        body = replica.engine.keyring.open_body(event)
+        info["payload"] = payload_summary(decode_payload(body))
+    except (IntegrityError, DecodeError) as exc:
+        info["payload_error"] = str(exc)
+    return info
+
+
+def verify(replica: Replica) -> tuple[Report, list[str]]:
+    """Walk the log (see ``eventlog.integrity``) and SQLite's own integrity check."""
+    sqlite_problems: list[str] = []
+    try:
+        rows = replica.store.conn.execute("PRAGMA integrity_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"database is corrupt: {exc}") from exc
+    sqlite_problems = [r[0] for r in rows if r[0] != "ok"]
+    report = walk(replica.store, replica.engine.keyring)
+    verdict = "ok" if report.ok and not sqlite_problems else "FAILED"
+    replica.store.set_fact("last_verify", f"{verdict} at {now_ms()}".encode())
+    return report, sqlite_problems
