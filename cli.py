@@ -142,7 +142,7 @@ def init(ctx: Context, name: str | None, as_json: bool) -> None:
 def status(ctx: Context, as_json: bool) -> None:
     """Vault, replica, event counts, version vector and integrity."""
     with ctx.replica() as replica:
-        info = inspect.status(replica)
+        info: dict[str, Any] = inspect.status(replica)
     if as_json:
         emit_json(info)
         return
@@ -408,7 +408,7 @@ def verify(ctx: Context, as_json: bool) -> None:
     """Check signatures, chains, decryptability, equivocations, pending. Exit 1 on any problem."""
     with ctx.replica() as replica:
         report, sqlite_problems = inspect.verify(replica)
-    problems = [
+    problems: list[dict[str, Any]] = [
         {
             "kind": p.kind,
             "reason": p.reason,

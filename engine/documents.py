@@ -38,11 +38,13 @@ class LiveDoc:
 
     @property
     def meta(self) -> Map:  # type: ignore[type-arg]
-        return self.doc.get(META, type=Map)
+        meta: Map = self.doc.get(META, type=Map)  # type: ignore[type-arg]
+        return meta
 
     @property
     def body(self) -> Text:
-        return self.doc.get(BODY, type=Text)
+        body: Text = self.doc.get(BODY, type=Text)
+        return body
 
     @property
     def dirty(self) -> bool:

@@ -124,10 +124,7 @@ class Engine:
             epoch: wrap_key(kx, key, wrap_context(vault, epoch, member))
             for epoch, key in self.keyring.epochs().items()
         }
-        payload = member_add_payload(member, kx, role, keys)
-        with self.store.atomic():
-            accepted = self.log.append_local(self.signer, self.keyring, Kind.MEMBERSHIP, 0, payload)
-            self._apply(accepted, payload, None)
+        accepted = self._append(member_add_payload(member, kx, role, keys), kind=Kind.MEMBERSHIP)
         self._notify()
         return accepted
 
@@ -165,11 +162,10 @@ class Engine:
 
     def flush(self, doc_id: bytes | None = None) -> list[Accepted]:
         """Turn unflushed local edits into events (all documents, or one), one transaction."""
-        targets = (
-            [self._live[doc_id]]
-            if doc_id in self._live
-            else ([] if doc_id is not None else [lv for lv in self._live.values() if lv.dirty])
-        )
+        if doc_id is None:
+            targets = [live for live in self._live.values() if live.dirty]
+        else:
+            targets = [self._live[doc_id]] if doc_id in self._live else []
         written = []
         with self.store.atomic():
             for live in targets:
@@ -182,13 +178,18 @@ class Engine:
         self._notify()
         return written
 
-    def _append(self, payload: Payload, echo: LiveDoc | None = None) -> Accepted:
+    def _append(
+        self, payload: Payload, echo: LiveDoc | None = None, kind: int = Kind.DATA
+    ) -> Accepted:
+        """Write one event of ours and apply it, with anything it unblocked."""
+        epoch = 0 if kind == Kind.MEMBERSHIP else self.keyring.current_epoch
         with self.store.atomic():
-            accepted = self.log.append_local(
-                self.signer, self.keyring, Kind.DATA, self.keyring.current_epoch, payload
-            )
-            self._apply(accepted, payload, echo)
-        return accepted
+            outcome = self.log.append_local(self.signer, self.keyring, kind, epoch, payload)
+            ours, *unblocked = outcome.accepted
+            self._apply(ours, payload, echo)
+            for accepted in unblocked:
+                self._apply(accepted, None, None)
+        return ours
 
     def close(self) -> None:
         """Flush everything, snapshot what changed, release the database."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from pycrdt import Doc, Map, Text
 
@@ -51,20 +52,20 @@ _LOG_SELECT = (
 )
 
 
-def _log_row(row: tuple[object, ...]) -> LogRow:
+def _log_row(row: tuple[Any, ...]) -> LogRow:
     rowid, eid, author, seq, lamport, time_ms, kind, epoch, typ, doc, size = row
     return LogRow(
-        int(rowid),
+        rowid,
         bytes(eid),
         bytes(author),
-        int(seq),
-        int(lamport),  # type: ignore[arg-type, call-overload]
-        int(time_ms),
-        int(kind),
-        int(epoch),
-        typ if isinstance(typ, str) else None,  # type: ignore[call-overload]
-        bytes(doc) if doc is not None else None,
-        int(size),  # type: ignore[call-overload]
+        seq,
+        lamport,
+        time_ms,
+        kind,
+        epoch,
+        typ,
+        None if doc is None else bytes(doc),
+        size,
     )
 
 
@@ -89,7 +90,8 @@ def log(
     limit: int | None = None,
 ) -> list[LogRow]:
     """The vault's history, newest first (by lamport, then author): ``git log`` for events."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[Any] = []
     if doc is not None:
         where.append("i.doc = ?")
         params.append(doc)

@@ -106,11 +106,13 @@ class Log:
         epoch: int,
         payload: Payload,
         vault: bytes | None = None,
-    ) -> Accepted:
+    ) -> Outcome:
         """Author, sign and store one event of ours. Batch by wrapping calls in ``atomic()``.
 
         Our own signature is not re-verified (we just made it); every other check is the
-        remote path's, so a local write can never store what a peer would refuse.
+        remote path's, so a local write can never store what a peer would refuse. The
+        outcome's first accepted event is ours; any after it were pending and unblocked by
+        it (a ``member.add`` admits events its member already sent).
         """
         event = author_event(
             signer,
@@ -124,9 +126,11 @@ class Log:
         )
         with self.store.atomic():
             status, accepted = self._admit(event, now_ms())
-        if status is not Status.ACCEPTED:
-            raise IntegrityError(f"local event was not accepted: {status.value}")
-        return accepted[0]
+            if status is not Status.ACCEPTED:
+                raise IntegrityError(f"local event was not accepted: {status.value}")
+            outcome = Outcome(status, event.id, accepted)
+            self._drain(outcome)
+        return outcome
 
     # --- remote events ----------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""processors: extraction, OCR, embeddings and summaries as jobs (the Processors issue)."""

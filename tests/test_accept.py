@@ -1,0 +1,196 @@
+"""The accept path: every rule of DESIGN.md's "Accepting an event", on a real store."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventlog.accept import Status, now_ms
+from eventlog.crypto import KxKey, SigningKey
+from eventlog.envelope import ZERO32, Event, Kind, assemble, decode_event, encode_signed
+from eventlog.errors import (
+    BadSignatureError,
+    BrokenChainError,
+    FrozenAuthorError,
+    MembershipError,
+    WrongVaultError,
+)
+from eventlog.membership import member_add_payload
+from eventlog.sealing import Keyring, Position, author_event
+from replicas.vault import Replica
+from tests.conftest import add_replica, all_raw
+
+
+def note(
+    replica: Replica,
+    signer: SigningKey,
+    position: Position,
+    text: str = "hi",
+    keyring: Keyring | None = None,
+) -> Event:
+    """A sealed data event by ``signer`` at ``position`` in ``replica``'s vault."""
+    return author_event(
+        signer,
+        keyring or replica.engine.keyring,
+        replica.log.vault_id,
+        position,
+        now_ms(),
+        Kind.DATA,
+        1,
+        {"t": "note", "text": text},
+    )
+
+
+def member_signer(replica: Replica, tmp_path) -> tuple[SigningKey, Replica]:
+    other = add_replica(replica, tmp_path / "other", "other")
+    return other.engine.signer, other
+
+
+def test_replay_is_a_noop(make_replica) -> None:
+    a = make_replica("a")
+    for raw in all_raw(a):
+        assert a.log.accept(raw).status is Status.DUPLICATE
+    assert a.store.event_count() == 3
+
+
+def test_wrong_vault_refused(make_replica) -> None:
+    a, b = make_replica("a"), make_replica("b")
+    count = b.store.event_count()
+    for raw in all_raw(a):
+        with pytest.raises(WrongVaultError):
+            b.log.accept(raw)
+    assert b.store.event_count() == count
+
+
+def test_bad_signature_refused(make_replica, tmp_path) -> None:
+    a = make_replica("a")
+    signer, other = member_signer(a, tmp_path)
+    event = note(a, signer, other.log.next_position(signer.public))
+    forged = assemble(event.header, event.body, SigningKey.generate().sign(event.signed))
+    with pytest.raises(BadSignatureError):
+        a.log.accept(forged.raw)
+    body_swap = encode_signed(event.header, event.body + b"x")
+    with pytest.raises(BadSignatureError):
+        a.log.accept(assemble(event.header, event.body + b"x", event.sig, body_swap).raw)
+    assert a.store.event_at(signer.public, 1) is None
+
+
+def test_non_member_waits_then_joins(make_replica, tmp_path) -> None:
+    a = make_replica("a")
+    outsider = SigningKey.generate()
+    event = note(a, outsider, Position(1, ZERO32, 10))
+    assert a.log.accept(event.raw).status is Status.PENDING
+    assert a.store.pending_count() == 1
+    # The owner admits it: the parked event is drained in the same transaction.
+    accepted = a.engine.add_member(outsider.public, KxKey.generate().public)
+    assert accepted.event.kind == Kind.MEMBERSHIP
+    assert a.store.pending_count() == 0
+    assert a.store.event_at(outsider.public, 1).id == event.id
+    assert a.log.accept(event.raw).status is Status.DUPLICATE
+
+
+def test_gap_is_parked_and_drained_in_order(make_replica, tmp_path) -> None:
+    a = make_replica("a")
+    signer, other = member_signer(a, tmp_path)
+    e1 = (
+        other.log.append_local(signer, other.engine.keyring, Kind.DATA, 1, {"t": "note", "n": 1})
+        .accepted[0]
+        .event
+    )
+    e2 = (
+        other.log.append_local(signer, other.engine.keyring, Kind.DATA, 1, {"t": "note", "n": 2})
+        .accepted[0]
+        .event
+    )
+    e3 = (
+        other.log.append_local(signer, other.engine.keyring, Kind.DATA, 1, {"t": "note", "n": 3})
+        .accepted[0]
+        .event
+    )
+    assert a.log.accept(e3.raw).status is Status.PENDING
+    assert a.log.accept(e2.raw).status is Status.PENDING
+    outcome = a.log.accept(e1.raw)
+    assert outcome.status is Status.ACCEPTED
+    assert [x.event.seq for x in outcome.accepted] == [1, 2, 3]
+    assert a.store.head(signer.public).seq == 3
+    assert a.store.pending_count() == 0
+
+
+def test_equivocation_keeps_evidence_and_freezes(make_replica, tmp_path) -> None:
+    a = make_replica("a")
+    signer, other = member_signer(a, tmp_path)
+    position = other.log.next_position(signer.public)
+    first, second = note(a, signer, position, "one"), note(a, signer, position, "two")
+    assert a.log.accept(first.raw).status is Status.ACCEPTED
+    assert a.log.accept(second.raw).status is Status.EQUIVOCATION
+    ids = {i for _, _, i in a.store.equivocations()}
+    assert ids == {first.id, second.id}
+    assert signer.public in a.log.frozen
+    nxt = Position(2, first.id, position.lamport + 1)
+    with pytest.raises(FrozenAuthorError):
+        a.log.accept(note(a, signer, nxt).raw)
+    assert a.store.event_at(signer.public, 1).id == first.id
+
+
+def test_broken_chain_refused(make_replica, tmp_path) -> None:
+    a = make_replica("a")
+    signer, _other = member_signer(a, tmp_path)
+    e1 = note(a, signer, Position(1, ZERO32, 50))
+    a.log.accept(e1.raw)
+    with pytest.raises(BrokenChainError):
+        a.log.accept(note(a, signer, Position(2, b"\x07" * 32, 51)).raw)
+    with pytest.raises(BrokenChainError):
+        a.log.accept(note(a, signer, Position(2, e1.id, 50)).raw)
+    assert a.store.head(signer.public).seq == 1
+
+
+def test_only_owners_manage_the_roster(make_replica, tmp_path) -> None:
+    a = make_replica("a")
+    signer, other = member_signer(a, tmp_path)
+    payload = member_add_payload(SigningKey.generate().public, KxKey.generate().public, "full", {})
+    event = author_event(
+        signer,
+        Keyring(),
+        a.log.vault_id,
+        other.log.next_position(signer.public),
+        now_ms(),
+        Kind.MEMBERSHIP,
+        0,
+        payload,
+    )
+    with pytest.raises(MembershipError):
+        a.log.accept(event.raw)
+
+
+def test_data_must_be_sealed(make_replica) -> None:
+    a = make_replica("a")
+    signer = a.engine.signer
+    event = author_event(
+        signer,
+        Keyring(),
+        a.log.vault_id,
+        a.log.next_position(signer.public),
+        now_ms(),
+        Kind.DATA,
+        0,
+        {"t": "note", "text": "plain"},
+    )
+    with pytest.raises(MembershipError):
+        a.log.accept(event.raw)
+
+
+def test_unknown_payload_types_are_kept(make_replica, tmp_path) -> None:
+    a = make_replica("a")
+    signer, other = member_signer(a, tmp_path)
+    event = note(a, signer, other.log.next_position(signer.public))
+    a.engine.accept_remote(event.raw)
+    row = a.store.query_one(
+        "SELECT type, note FROM event_index i JOIN events e ON e.rowid = i.rowid WHERE e.id = ?",
+        (event.id,),
+    )
+    assert row == ("note", None)
+
+
+def test_decoded_event_is_exactly_what_was_stored(make_replica) -> None:
+    a = make_replica("a")
+    for row in a.store.events_after(0):
+        assert decode_event(row.raw).id == row.id

@@ -1,0 +1,199 @@
+"""The v1 envelope codec: round trips, and every kind of bad input rejected with our errors."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eventlog.crypto import SigningKey
+from eventlog.envelope import (
+    MAX_EVENT_BYTES,
+    Header,
+    assemble,
+    decode_event,
+    encode_signed,
+    encode_wire,
+)
+from eventlog.errors import (
+    DecodeError,
+    MalformedError,
+    NonCanonicalError,
+    OversizeError,
+    TruncatedError,
+    UnknownVersionError,
+    WrongTypeError,
+)
+
+KEY = SigningKey.generate()
+b32 = st.binary(min_size=32, max_size=32)
+uint = st.integers(min_value=1, max_value=2**64 - 1)
+
+headers = st.builds(
+    Header,
+    vault=b32,
+    author=st.just(KEY.public),
+    seq=uint,
+    prev=b32,
+    lamport=uint,
+    time_ms=st.integers(min_value=0, max_value=2**64 - 1),
+    epoch=st.integers(min_value=0, max_value=2**32),
+    kind=st.integers(min_value=0, max_value=255),
+    nonce=st.binary(max_size=64),
+).filter(lambda h: h.seq != 1 or h.prev == bytes(32))
+
+
+def make(header: Header, body: bytes) -> bytes:
+    signed = encode_signed(header, body)
+    return assemble(header, body, KEY.sign(signed), signed).raw
+
+
+@given(headers, st.binary(max_size=2048))
+def test_round_trip(header: Header, body: bytes) -> None:
+    raw = make(header, body)
+    event = decode_event(raw)
+    assert event.header == header
+    assert event.body == body
+    assert event.raw == raw
+    assert len(event.id) == 32
+
+
+@given(headers, st.binary(max_size=256), st.data())
+def test_every_truncation_is_rejected(header: Header, body: bytes, data: st.DataObject) -> None:
+    raw = make(header, body)
+    cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    with pytest.raises(DecodeError):
+        decode_event(raw[:cut])
+
+
+def test_truncation_is_named() -> None:
+    raw = make(Header(bytes(32), KEY.public, 1, bytes(32), 1, 0, 0, 2, b""), b"x" * 40)
+    with pytest.raises(TruncatedError):
+        decode_event(raw[:-5])
+
+
+@given(st.binary(max_size=512))
+def test_garbage_raises_only_decode_errors(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        decode_event(data)
+
+
+@given(headers, st.binary(max_size=128), st.data())
+def test_bit_flips_never_escape_as_other_errors(
+    header: Header, body: bytes, data: st.DataObject
+) -> None:
+    raw = bytearray(make(header, body))
+    i = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    raw[i] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
+    try:
+        event = decode_event(bytes(raw))
+    except DecodeError:
+        return
+    # A flip inside a bytes field can still decode; then it is a different event or signature.
+    original = decode_event(make(header, body))
+    assert event.raw == bytes(raw)
+    assert (event.id, event.sig) != (original.id, original.sig)
+
+
+def test_trailing_bytes_rejected() -> None:
+    raw = make(Header(bytes(32), KEY.public, 1, bytes(32), 1, 0, 0, 2, b""), b"")
+    with pytest.raises(MalformedError):
+        decode_event(raw + b"\x00")
+
+
+def test_oversize_rejected_before_parsing() -> None:
+    with pytest.raises(OversizeError):
+        decode_event(b"\x92" + b"\x00" * MAX_EVENT_BYTES)
+
+
+def fields(**override: object) -> list[object]:
+    base: dict[str, object] = {
+        "v": 1,
+        "vault": bytes(32),
+        "author": KEY.public,
+        "seq": 2,
+        "prev": bytes(32),
+        "lamport": 2,
+        "time_ms": 5,
+        "epoch": 1,
+        "kind": 2,
+        "nonce": b"n",
+        "body": b"b",
+    }
+    base.update(override)
+    return list(base.values())
+
+
+def wire(values: list[object]) -> bytes:
+    signed = msgpack.packb(values, use_bin_type=True)
+    return encode_wire(signed, KEY.sign(signed))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"vault": bytes(31)},
+        {"author": "a" * 32},
+        {"seq": 0},
+        {"seq": -1},
+        {"seq": True},
+        {"lamport": 1.5},
+        {"kind": 256},
+        {"body": "text"},
+        {"prev": None},
+    ],
+)
+def test_wrong_types_rejected(override: dict[str, object]) -> None:
+    with pytest.raises(WrongTypeError):
+        decode_event(wire(fields(**override)))
+
+
+def test_oversized_nonce_rejected() -> None:
+    with pytest.raises(OversizeError):
+        decode_event(wire(fields(nonce=b"x" * 65)))
+
+
+def test_seq_one_needs_zero_prev() -> None:
+    with pytest.raises(WrongTypeError):
+        decode_event(wire(fields(seq=1, prev=b"\x01" * 32)))
+
+
+def test_unknown_version_rejected() -> None:
+    with pytest.raises(UnknownVersionError):
+        decode_event(wire(fields(v=2)))
+    with pytest.raises(UnknownVersionError):
+        decode_event(wire([2, b"future", b"format"]))
+
+
+def test_wrong_arity_rejected() -> None:
+    with pytest.raises(WrongTypeError):
+        decode_event(wire(fields()[:-1]))
+
+
+def test_non_canonical_integer_rejected() -> None:
+    signed = msgpack.packb(fields(), use_bin_type=True)
+    # seq=2 is one byte (0x02) canonically; re-encode it as uint16 (0xcd 0x00 0x02).
+    start = signed.index(KEY.public) + len(KEY.public)
+    assert signed[start] == 0x02
+    longer = signed[:start] + b"\xcd\x00\x02" + signed[start + 1 :]
+    msgpack.unpackb(longer)  # still valid msgpack
+    with pytest.raises(NonCanonicalError):
+        decode_event(encode_wire(longer, KEY.sign(longer)))
+
+
+def test_non_canonical_outer_rejected() -> None:
+    signed = msgpack.packb(fields(), use_bin_type=True)
+    sig = KEY.sign(signed)
+    # bin8 for a 64-byte signature is canonical; bin16 is not.
+    outer = b"\x92" + msgpack.packb(signed, use_bin_type=True) + b"\xc5\x00\x40" + sig
+    with pytest.raises(NonCanonicalError):
+        decode_event(outer)
+
+
+def test_map_instead_of_array_rejected() -> None:
+    signed = msgpack.packb({"v": 1}, use_bin_type=True)
+    with pytest.raises(DecodeError):
+        decode_event(encode_wire(signed, KEY.sign(signed)))

@@ -1,0 +1,1 @@
+"""transport: the sans-IO sync protocol and its aiohttp adapters (the Sync issue)."""
