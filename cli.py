@@ -31,7 +31,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 SHORT = 12
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (scripts, the demo) is not squeezed to 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -436,6 +437,15 @@ def verify(ctx: Context, as_json: bool) -> None:
         out.print(f"verified {report.events} events: {verdict}")
     if problems:
         sys.exit(1)
+
+
+@main.command()
+@guarded
+def demo() -> None:
+    """A guided tour on embedded defaults, in a temporary directory (removed afterwards)."""
+    from replicas.demo import run_demo
+
+    run_demo(lambda text: out.print(text, markup=False))
 
 
 if __name__ == "__main__":
