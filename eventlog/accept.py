@@ -67,6 +67,7 @@ class Log:
         self._lamport = store.max_lamport()
         self._heads: dict[bytes, Head] = {}
         store.rollback_hooks.append(self._reload)
+        store.external_change_hooks.append(self._reload)
 
     def _reload(self) -> None:
         self._roster = self.store.members()
@@ -146,6 +147,49 @@ class Log:
                 self._drain(outcome)
         return outcome
 
+    def accept_batch(self, raws: list[bytes]) -> Outcome:
+        """Check and store a batch from a peer in one transaction, verifying by segment.
+
+        Why one signature per segment suffices: each event's signed bytes contain ``prev``,
+        the BLAKE2b-256 id of the author's previous signed bytes. If the last event of a run
+        ``e_1 .. e_n`` (one author, consecutive seqs, each ``prev`` naming the id of the one
+        before) carries a valid signature, the author signed ``e_n``'s bytes, which fix
+        ``id(e_{n-1})``, which fixes ``e_{n-1}``'s bytes (a second preimage of BLAKE2b-256 is
+        infeasible), and so on down to ``e_1``: the author vouched for every event of the run.
+        This is why Hypercore signs tree roots rather than blocks. The tail of each run is
+        stored as an *anchor*; batches we serve end at anchors, so every peer can use the
+        same argument on what we send (``Store.serving_batch``).
+
+        Raises a typed error for the first invalid event; the events before it stay stored
+        (they were valid), nothing after it is looked at.
+        """
+        events = [decode_event(raw) for raw in raws]
+        for event in events:
+            self._check_vault(event)
+        tails = set()
+        for i, event in enumerate(events):
+            following = events[i + 1] if i + 1 < len(events) else None
+            continues = (
+                following is not None
+                and following.author == event.author
+                and following.seq == event.seq + 1
+                and following.prev == event.id
+            )
+            if not continues:
+                verify_signature(event.author, event.sig, event.signed)
+                tails.add(i)
+        outcome = Outcome(Status.DUPLICATE, events[0].id if events else b"")
+        now = now_ms()
+        with self.store.atomic():
+            for i, event in enumerate(events):
+                status, accepted = self._admit(event, now, anchor=i in tails)
+                if status is Status.ACCEPTED:
+                    outcome.status = Status.ACCEPTED
+                    start = len(outcome.accepted)
+                    outcome.accepted.extend(accepted)
+                    self._drain(outcome, start)
+        return outcome
+
     def _check_vault(self, event: Event) -> None:
         if event.vault == self.vault_id:
             return
@@ -153,28 +197,32 @@ class Log:
             return
         raise WrongVaultError("event belongs to another vault")
 
-    def _admit(self, event: Event, now: int) -> tuple[Status, list[Accepted]]:
-        """Place a verified event: store it, park it, or record it as evidence."""
+    def _admit(self, event: Event, now: int, anchor: bool = True) -> tuple[Status, list[Accepted]]:
+        """Place an authenticated event: store it, park it, or record it as evidence.
+
+        ``anchor`` says the event's own signature was checked (see ``accept_batch``).
+        """
         if event.author in self._frozen:
             raise FrozenAuthorError("author equivocated and is frozen")
-        stored = self.store.event_at(event.author, event.seq)
-        if stored is not None:
-            if stored.id == event.id:
-                return Status.DUPLICATE, []
-            self._equivocate(event, (stored.id, stored.raw), now)
-            return Status.EQUIVOCATION, []
         head = self.head(event.author)
         expected = 1 if head is None else head.seq + 1
+        if event.seq < expected:
+            stored = self.store.event_at(event.author, event.seq)
+            if stored is not None and stored.id == event.id:
+                return Status.DUPLICATE, []
+            if stored is not None:
+                self._equivocate(event, (stored.id, stored.raw), now)
+                return Status.EQUIVOCATION, []
         if event.seq > expected:
-            return self._park(event, f"waiting for seq {expected}", now)
+            return self._park(event, f"waiting for seq {expected}", now, anchor)
         if head is not None and event.prev != head.id:
             raise BrokenChainError(f"prev does not name seq {head.seq} of this author")
         if head is not None and event.lamport <= head.lamport:
             raise BrokenChainError("lamport does not increase along the author's log")
         member = self._roster_change(event)
         if member is None and event.author not in self._roster:
-            return self._park(event, "author not on the roster yet", now)
-        rowid = self.store.insert_event(event)
+            return self._park(event, "author not on the roster yet", now, anchor)
+        rowid = self.store.insert_event(event, anchor)
         if member is not None:
             self.store.put_member(member)
             self._roster[member.author] = member
@@ -203,16 +251,18 @@ class Log:
         except DecodeError as exc:
             raise MembershipError(f"membership body: {exc}") from exc
 
-    def _park(self, event: Event, reason: str, now: int) -> tuple[Status, list[Accepted]]:
+    def _park(
+        self, event: Event, reason: str, now: int, anchor: bool
+    ) -> tuple[Status, list[Accepted]]:
         waiting = self.store.pending_at(event.author, event.seq)
         if waiting is not None:
             if waiting[0] != event.id:
-                self._equivocate(event, waiting, now)
+                self._equivocate(event, waiting[:2], now)
                 return Status.EQUIVOCATION, []
             return Status.PENDING, []
         if self.store.pending_count() >= MAX_PENDING:
             raise PendingFullError(f"pending area holds {MAX_PENDING} events; retry later")
-        self.store.add_pending(event, reason, now)
+        self.store.add_pending(event, reason, now, anchor)
         return Status.PENDING, []
 
     def _equivocate(self, event: Event, other: tuple[bytes, bytes], now: int) -> None:
@@ -220,13 +270,13 @@ class Log:
         self.store.record_equivocation(event.author, event.seq, [other, (event.id, event.raw)], now)
         self._frozen.add(event.author)
 
-    def _drain(self, outcome: Outcome) -> None:
+    def _drain(self, outcome: Outcome, start: int = 0) -> None:
         """Move pending events that the events just stored have unblocked.
 
         An event waits for its predecessor or for its author's membership; so each stored
         event unblocks at most its successor and, if it adds a member, that member's seq 1.
         """
-        queue = [key for a in outcome.accepted for key in self._unblocked_by(a.event)]
+        queue = [key for a in outcome.accepted[start:] for key in self._unblocked_by(a.event)]
         while queue:
             author, seq = queue.pop()
             waiting = self.store.pending_at(author, seq)
@@ -235,7 +285,7 @@ class Log:
             self.store.drop_pending(author, seq)
             event = decode_event(waiting[1])
             try:
-                status, accepted = self._admit(event, now_ms())
+                status, accepted = self._admit(event, now_ms(), waiting[2])
             except (IntegrityError, MembershipError) as exc:
                 outcome.dropped.append((event.id, str(exc)))
                 continue

@@ -49,13 +49,27 @@ class StoredEvent:
     kind: int
     epoch: int
     raw: bytes
+    anchor: bool
+    """Its own signature was checked (see migration 0002)."""
 
 
-_EVENT_COLUMNS: Final = "rowid, author, seq, id, lamport, time_ms, kind, epoch, raw"
+_EVENT_COLUMNS: Final = "rowid, author, seq, id, lamport, time_ms, kind, epoch, raw, anchor"
 
 
 def _row(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(*row)
+    rowid, author, seq, eid, lamport, time_ms, kind, epoch, raw, anchor = row
+    return StoredEvent(
+        rowid,
+        bytes(author),
+        seq,
+        bytes(eid),
+        lamport,
+        time_ms,
+        kind,
+        epoch,
+        bytes(raw),
+        bool(anchor),
+    )
 
 
 def hex_prefix_bounds(prefix: str, width: int) -> tuple[bytes, bytes]:
@@ -79,6 +93,10 @@ class Store:
         self._pending_count: int | None = None
         self.rollback_hooks: list[Callable[[], None]] = []
         """Called after a rollback, so callers can drop caches of what did not commit."""
+        self.external_change_hooks: list[Callable[[], None]] = []
+        """Called when another process committed since our last transaction (for example a
+        ``shoal append`` while ``shoal serve`` runs): caches of the database are stale."""
+        self._data_version: int | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -118,8 +136,13 @@ class Store:
             return
         try:
             self.conn.execute("BEGIN IMMEDIATE")
+            version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error as exc:
             raise StorageError(f"cannot begin a transaction: {exc}") from exc
+        if self._data_version is not None and version != self._data_version:
+            for hook in self.external_change_hooks:
+                hook()
+        self._data_version = version
         self._depth = 1
         try:
             yield
@@ -168,14 +191,14 @@ class Store:
 
     # --- events -----------------------------------------------------------------------------
 
-    def insert_event(self, event: Event) -> int:
+    def insert_event(self, event: Event, anchor: bool = True) -> int:
         """Insert one checked event and advance its author's head; returns its rowid.
 
         Call inside :meth:`atomic`: the insert and the head move together.
         """
         cur = self.conn.execute(
-            "INSERT INTO events (author, seq, id, lamport, time_ms, kind, epoch, raw)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (author, seq, id, lamport, time_ms, kind, epoch, raw, anchor)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.author,
                 event.seq,
@@ -185,6 +208,7 @@ class Store:
                 event.kind,
                 event.epoch,
                 event.raw,
+                int(anchor),
             ),
         )
         self.conn.execute(
@@ -237,6 +261,34 @@ class Store:
             raise AmbiguousError(f"event prefix {prefix} is ambiguous")
         return _row(rows[0])
 
+    def serving_batch(
+        self, author: bytes, first: int, last: int, max_events: int, max_bytes: int
+    ) -> list[StoredEvent]:
+        """Events ``first..`` of ``author`` for one batch to a peer, ending at an anchor.
+
+        Takes up to ``max_events``/``max_bytes``, then trims back to the last anchor so the
+        receiver can authenticate the batch from one signature. If no anchor lies within the
+        limits, runs on to the first one (anchors are never further apart than the largest
+        segment we accepted, which the receiving side bounds).
+        """
+        rows = self.range(author, first, min(last, first + max_events - 1))
+        size = 0
+        for i, row in enumerate(rows):
+            size += len(row.raw)
+            if size > max_bytes and i > 0:
+                rows = rows[:i]
+                break
+        anchors = [i for i, row in enumerate(rows) if row.anchor]
+        if anchors:
+            return rows[: anchors[-1] + 1]
+        extra = self.query_one(
+            "SELECT min(seq) FROM events WHERE author = ? AND seq > ? AND seq <= ? AND anchor",
+            (author, rows[-1].seq if rows else first - 1, last),
+        )
+        if extra is None or extra[0] is None:
+            return rows
+        return self.range(author, first, int(extra[0]))
+
     def range(self, author: bytes, first: int, last: int) -> list[StoredEvent]:
         """Events ``first..last`` (inclusive) of one author, in seq order."""
         rows = self.query_all(
@@ -277,19 +329,19 @@ class Store:
             self._pending_count = int(row[0]) if row else 0
         return self._pending_count
 
-    def add_pending(self, event: Event, reason: str, now_ms: int) -> None:
+    def add_pending(self, event: Event, reason: str, now_ms: int, anchor: bool = True) -> None:
         self.conn.execute(
-            "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)",
-            (event.author, event.seq, event.id, event.raw, reason, now_ms),
+            "INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (event.author, event.seq, event.id, event.raw, reason, now_ms, int(anchor)),
         )
         self._pending_count = self.pending_count() + 1
 
-    def pending_at(self, author: bytes, seq: int) -> tuple[bytes, bytes] | None:
-        """``(id, raw)`` of the pending event at ``(author, seq)``, if any."""
+    def pending_at(self, author: bytes, seq: int) -> tuple[bytes, bytes, bool] | None:
+        """``(id, raw, anchor)`` of the pending event at ``(author, seq)``, if any."""
         row = self.query_one(
-            "SELECT id, raw FROM pending WHERE author = ? AND seq = ?", (author, seq)
+            "SELECT id, raw, anchor FROM pending WHERE author = ? AND seq = ?", (author, seq)
         )
-        return None if row is None else (bytes(row[0]), bytes(row[1]))
+        return None if row is None else (bytes(row[0]), bytes(row[1]), bool(row[2]))
 
     def drop_pending(self, author: bytes, seq: int) -> None:
         self.conn.execute("DELETE FROM pending WHERE author = ? AND seq = ?", (author, seq))
