@@ -439,6 +439,303 @@ def verify(ctx: Context, as_json: bool) -> None:
         sys.exit(1)
 
 
+# --- network -----------------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``10m``, ``2h``, ``7d`` -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip())
+    if not match:
+        raise click.BadParameter(f"not a duration: {text!r} (try 10m, 2h or 7d)")
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return float(match.group(1)) * unit
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+@main.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory for the relay's vault databases and key.",
+)
+@click.option("--listen", default="127.0.0.1:7420", show_default=True, help="HOST:PORT.")
+@click.option("--quota", default=1 << 30, show_default=True, help="Bytes per vault.")
+@click.option("--max-connections", default=1000, show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="Log connections.")
+@guarded
+def relay(data: Path, listen: str, quota: int, max_connections: int, verbose: bool) -> None:
+    """Run a blind relay: stores and forwards ciphertext for many vaults."""
+    import asyncio
+
+    from replicas.relay import parse_listen, serve_relay
+
+    _setup_logging(verbose)
+    host, port = parse_listen(listen, 7420)
+    asyncio.run(serve_relay(data, host, port, quota=quota, max_connections=max_connections))
+
+
+@main.command()
+@click.option("--listen", help="Accept LAN peers on HOST:PORT.")
+@click.option("--relay", "relays", multiple=True, help="Relay URL (repeatable).")
+@click.option("--peer", "peers", multiple=True, help="Peer URL (repeatable).")
+@click.option("--discover", is_flag=True, help="Find LAN peers of this vault with mDNS.")
+@click.option("-v", "--verbose", is_flag=True, help="Log connections.")
+@pass_ctx
+@guarded
+def serve(
+    ctx: Context,
+    listen: str | None,
+    relays: tuple[str, ...],
+    peers: tuple[str, ...],
+    discover: bool,
+    verbose: bool,
+) -> None:
+    """Sync live with peers and relays until interrupted."""
+    import asyncio
+
+    from replicas.node import serve_node
+    from replicas.relay import parse_listen
+
+    _setup_logging(verbose)
+    bind = parse_listen(listen, 7421) if listen else None
+    with ctx.replica() as replica:
+        asyncio.run(serve_node(replica, bind, list(relays), list(peers), discover))
+
+
+@main.command()
+@click.argument("url")
+@json_option
+@pass_ctx
+@guarded
+def sync(ctx: Context, url: str, as_json: bool) -> None:
+    """Exchange events with a peer or relay until both sides hold each other's events."""
+    import asyncio
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from replicas.node import sync_once
+
+    with ctx.replica() as replica:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            console=err,
+            transient=True,
+            disable=as_json,
+        ) as progress:
+            task = progress.add_task("syncing", total=None)
+            received = 0
+
+            def tick(count: int) -> None:
+                nonlocal received
+                received += count
+                progress.update(task, description=f"syncing: {received} events received")
+
+            result = asyncio.run(sync_once(replica, url, on_stored=tick))
+        info = {
+            "url": url,
+            "peer": result.peer.hex() if result.peer else None,
+            "peer_role": result.peer_role,
+            "sent": result.stats.events_sent,
+            "received": result.stats.events_received,
+            "stored": result.stats.events_stored,
+            "bytes_sent": result.stats.bytes_sent,
+            "bytes_received": result.stats.bytes_received,
+        }
+    if as_json:
+        emit_json(info)
+    else:
+        out.print(
+            f"synced with {info['peer_role']} {str(info['peer'])[:SHORT]} at {url}: "
+            f"sent {info['sent']} events, received {info['received']} "
+            f"({info['stored']} new)"
+        )
+
+
+@main.command()
+@click.option("--relay", "relay_url", help="Relay the new device will join through.")
+@click.option("--peer", "peer_url", help="Peer (a `shoal serve --listen`) to join through.")
+@click.option("--expires", default="24h", show_default=True, help="How long the code is valid.")
+@json_option
+@pass_ctx
+@guarded
+def invite(
+    ctx: Context, relay_url: str | None, peer_url: str | None, expires: str, as_json: bool
+) -> None:
+    """Print a one-time, expiring code that lets a new device join this vault."""
+    import asyncio
+
+    from replicas.pairing import create_invite
+
+    url = relay_url or peer_url
+    if not url or (relay_url and peer_url):
+        raise click.UsageError("give exactly one of --relay URL or --peer URL")
+    with ctx.replica() as replica:
+        code = asyncio.run(create_invite(replica, url, parse_duration(expires)))
+    if as_json:
+        emit_json({"code": code.encode(), "url": url, "expires_ms": code.expires_ms})
+    else:
+        err.print(f"On the new device run (valid until {when(code.expires_ms)}, once):")
+        click.echo(f"shoal join {code.encode()}")
+
+
+@main.command()
+@click.argument("code")
+@click.option("--name", help="A name for this replica (default: the host name).")
+@json_option
+@pass_ctx
+@guarded
+def join(ctx: Context, code: str, name: str | None, as_json: bool) -> None:
+    """Join a vault with an invite code (in an empty home) and pull all of it."""
+    import asyncio
+    import socket
+
+    from replicas.pairing import join as join_vault_with
+
+    replica = asyncio.run(join_vault_with(ctx.home, code, name or socket.gethostname()))
+    _report_joined(replica, as_json)
+
+
+def _report_joined(replica: Replica, as_json: bool) -> None:
+    try:
+        info: dict[str, Any] = {
+            "vault": replica.log.vault_id.hex(),
+            "replica": replica.engine.me.hex(),
+            "events": replica.store.event_count(),
+            "documents": len(views.list_docs(replica.store)),
+        }
+    finally:
+        replica.close()
+    if as_json:
+        emit_json(info)
+    else:
+        out.print(
+            f"joined vault {info['vault'][:SHORT]} as {info['replica'][:SHORT]}: "
+            f"{info['events']} events, {info['documents']} documents"
+        )
+
+
+@main.command("recovery-key")
+@pass_ctx
+@guarded
+def recovery_key(ctx: Context) -> None:
+    """Print the vault's recovery key, once. Keep it safe, like a restic password."""
+    from replicas.pairing import take_recovery_key
+
+    with ctx.replica() as replica:
+        key = take_recovery_key(replica)
+    err.print("Your recovery key (shown only this once; it can restore the whole vault):")
+    click.echo(key)
+
+
+@main.command()
+@click.argument("url")
+@click.option(
+    "--recovery-key",
+    "key",
+    envvar="SHOAL_RECOVERY_KEY",
+    prompt=True,
+    hide_input=True,
+    help="The key from `shoal recovery-key` [env SHOAL_RECOVERY_KEY].",
+)
+@click.option("--name", help="A name for this replica (default: the host name).")
+@json_option
+@pass_ctx
+@guarded
+def restore(ctx: Context, url: str, key: str, name: str | None, as_json: bool) -> None:
+    """Restore the vault from a relay into an empty home, with the recovery key."""
+    import asyncio
+    import socket
+
+    from replicas.pairing import restore as restore_vault
+
+    replica = asyncio.run(restore_vault(ctx.home, url, key, name or socket.gethostname()))
+    _report_joined(replica, as_json)
+
+
+@main.command()
+@click.argument("url")
+@json_option
+@pass_ctx
+@guarded
+def backup(ctx: Context, url: str, as_json: bool) -> None:
+    """Check what the relay holds of each log, proven from signed events."""
+    import asyncio
+
+    from replicas.backup import backup_report
+
+    with ctx.replica() as replica:
+        rows = asyncio.run(backup_report(replica, url))
+    data = [
+        {
+            "author": r.author.hex(),
+            "name": r.name,
+            "local_seq": r.local_seq,
+            "relay_seq": r.relay_seq,
+            "proven": r.proven,
+            "status": r.status,
+            "failures": r.failed,
+        }
+        for r in rows
+    ]
+    ok = all(r.status == "complete" for r in rows)
+    if as_json:
+        emit_json({"ok": ok, "authors": data})
+    else:
+        table = Table("author", "name", "local", "relay", "proofs", "status")
+        for r in rows:
+            table.add_row(
+                r.author.hex()[:SHORT],
+                r.name,
+                str(r.local_seq),
+                str(r.relay_seq),
+                f"{r.proven} ok" + (f", {len(r.failed)} bad" if r.failed else ""),
+                r.status,
+            )
+        out.print(table)
+        for r in rows:
+            for failure in r.failed:
+                err.print(f"BAD proof from relay for {r.author.hex()[:SHORT]}: {failure}")
+    if not ok:
+        sys.exit(1)
+
+
+@main.command()
+@json_option
+@pass_ctx
+@guarded
+def devices(ctx: Context, as_json: bool) -> None:
+    """Members of the vault: id, name, role, added by, added at."""
+    with ctx.replica() as replica:
+        rows = inspect.devices(replica)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("id", "name", "role", "added by", "added at", "note")
+    for r in rows:
+        note = "this replica" if r["this_replica"] else ""
+        if r["role"] == "invite":
+            note = "used" if r["used"] else f"expires {when(r['expires_ms'])}"
+        table.add_row(
+            r["id"][:SHORT],
+            r["name"],
+            r["role"],
+            f"{r['added_by'][:8]} {r['added_by_name']}".rstrip(),
+            when(r["added_ms"]),
+            note,
+        )
+    out.print(table)
+
+
 @main.command()
 @guarded
 def demo() -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,11 +40,34 @@ def progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
+def revision() -> str:
+    """The commit measured, with ``+dirty`` if the working tree (outside bench/) differs."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "revision": revision(),
     }
 
 
@@ -55,7 +79,7 @@ def report(name: str, title: str, lines: list[tuple[str, str]], record: dict[str
     """Print the result block and write ``bench/out/<name>.json`` (one JSON line)."""
     width = max(len(k) for k, _ in lines)
     print()
-    print(f"== {title} ==")
+    print(f"== {title} ==  [{revision()}]")
     for key, value in lines:
         print(f"  {key.ljust(width)}  {value}")
     OUT_DIR.mkdir(parents=True, exist_ok=True)

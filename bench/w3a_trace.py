@@ -96,9 +96,7 @@ def check(label: str, got: str, expected: str) -> bool:
             (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
             min(len(got), len(expected)),
         )
-        progress(
-            f"{label}: MISMATCH at char {at} (got {len(got)} chars, expected {len(expected)})"
-        )
+        progress(f"{label}: MISMATCH at char {at} (got {len(got)} chars, expected {len(expected)})")
     return same
 
 

@@ -23,6 +23,9 @@ Then, each in a separate fresh process, interleaved, one warm-up round and the m
 * in-process ``open_replica`` + ``engine.open(doc)`` + ``str(body)`` -- limit 0.1 s.
 
 "Cold" here means a fresh process each time; the OS page cache is warm (we cannot drop it).
+The children run with a bytecode cache (``PYTHONPYCACHEPREFIX`` under ``bench/out/``, and
+``PYTHONDONTWRITEBYTECODE`` unset), as an installed shoal would, without writing ``.pyc``
+files into the source tree; ``--no-bytecode-cache`` measures the environment as it is.
 
     .venv/bin/python -m bench.w5_cold_open [--quick] [--rebuild]
 """
@@ -31,16 +34,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bench._common import OUT_DIR, REPO_ROOT, median, now, parser, progress, report, verdict
-from bench.w3a_trace import TRACE, load_trace, run_pycrdt
-from engine.engine import SNAPSHOT_EVERY
+from bench.w3a_trace import TRACE, Patch, load_trace, run_pycrdt
+from engine.engine import SNAPSHOT_EVERY, Engine
 from replicas.home import Home
 from replicas.vault import init_vault, open_replica
 
@@ -56,7 +61,7 @@ TAIL = SNAPSHOT_EVERY - 1
 CACHE_VERSION = 1
 RUNS = 5
 
-# --- the children (each runs in a fresh interpreter) ---------------------------------------------
+# --- the children (each runs in a fresh interpreter) --------------------------------------------
 
 CHILD_STATUS = """
 import json, sys, time
@@ -102,80 +107,113 @@ print(conn.execute(sys.argv[2]).fetchone()[0])
 conn.close()
 """
 
-# --- building the vault ----------------------------------------------------------------------------
+# --- building the vault ---------------------------------------------------------------------------
+
+
+def schema_key() -> str:
+    """A short hash of every migration: a schema change means a new cached vault."""
+    digest = hashlib.sha256()
+    for package in ("eventlog.migrations", "engine.migrations"):
+        for entry in sorted(resources.files(package).iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".sql"):
+                digest.update(entry.name.encode() + b"\0" + entry.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def cache_dir(n: int, d: int) -> Path:
-    return OUT_DIR / f"w5-vault-n{n}-d{d}-v{CACHE_VERSION}"
+    return OUT_DIR / f"w5-vault-n{n}-d{d}-v{CACHE_VERSION}-{schema_key()}"
 
 
-def build(root: Path, n: int, d: int) -> dict[str, Any]:
-    """Write the vault (see the module docstring); returns its description (meta.json)."""
-    start_text, _, patches = load_trace(TRACE)
-    if d - 1 > len(patches):
-        raise SystemExit(f"the trace has only {len(patches):,} patches; --d must be <= that + 1")
-    home = Home(root / "home")
-    t_build = now()
+class Writer:
+    """Feeds the engine: the big document's patches and the rotating small notes."""
+
+    def __init__(self, engine: Engine, start_text: str, patches: list[Patch]) -> None:
+        self.engine = engine
+        self.start_text = start_text
+        self.patches = patches
+        self.patch = 0
+        self.big: bytes | None = None
+        self.notes: list[tuple[bytes | None, int]] = [(None, 0)] * ACTIVE_NOTES
+        self.small = 0
+        self.created_notes = 0
+
+    def big_step(self) -> None:
+        if self.big is None:
+            self.big = self.engine.create_doc("big", self.start_text)
+            return
+        pos, delete, insert = self.patches[self.patch]
+        self.patch += 1
+        self.engine.edit_text(self.big, pos, delete, insert)
+
+    def note_step(self) -> None:
+        slot = self.small % ACTIVE_NOTES
+        self.small += 1
+        doc, count = self.notes[slot]
+        if doc is None or count >= NOTE_EVENTS:
+            doc = self.engine.create_doc(f"note {self.created_notes}", "")
+            self.created_notes += 1
+            self.notes[slot] = (doc, 1)
+        else:
+            self.engine.append_text(doc, f"line {count}: a few words of a note\n")
+            self.notes[slot] = (doc, count + 1)
+
+
+def write_log(home: Home, n: int, d: int, start_text: str, patches: list[Patch]) -> Writer:
+    """Every event through the engine, ``max_edits = 1``, 1,000 per transaction."""
     replica = init_vault(home, "bench-w5")
-    engine, store = replica.engine, replica.store
-    engine.max_edits = 1  # every edit is one event
+    store = replica.store
+    replica.engine.max_edits = 1  # every edit is one event
     base = store.event_count()
-    steps = n - base - TAIL
-    big_steps = d - TAIL
+    steps, big_steps = n - base - TAIL, d - TAIL
     if big_steps < 1 or steps < big_steps:
         raise SystemExit("vault too small for the big document")
-    big: bytes | None = None
-    patch = 0
-    notes: list[list[Any]] = [[None, 0] for _ in range(ACTIVE_NOTES)]
-    created_notes = small = 0
+    writer = Writer(replica.engine, start_text, patches)
     every = max(BATCH, (n // 20) // BATCH * BATCH)
     t0 = now()
     for first in range(0, steps, BATCH):
         with store.atomic():
             for j in range(first, min(first + BATCH, steps)):
+                # Spread the big document's updates evenly through the log.
                 if (j + 1) * big_steps // steps > j * big_steps // steps:
-                    if big is None:
-                        big = engine.create_doc("big", start_text)
-                    else:
-                        pos, delete, insert = patches[patch]
-                        patch += 1
-                        engine.edit_text(big, pos, delete, insert)
+                    writer.big_step()
                 else:
-                    slot = notes[small % ACTIVE_NOTES]
-                    small += 1
-                    if slot[0] is None or slot[1] >= NOTE_EVENTS:
-                        slot[0] = engine.create_doc(f"note {created_notes}", "")
-                        slot[1] = 1
-                        created_notes += 1
-                    else:
-                        engine.append_text(slot[0], f"line {slot[1]}: a few words of a note\n")
-                        slot[1] += 1
+                    writer.note_step()
         done = min(first + BATCH, steps)
         if done % every == 0 or done == steps:
             rate = done / (now() - t0)
             progress(
                 f"built {base + done:,}/{n:,} events ({rate:,.0f} events/s, "
-                f"~{(steps - done) / rate:,.0f} s left)"
+                f"~{(steps - done) / rate:,.0f} s left; then {TAIL} more)"
             )
-    assert big is not None
-    engine.close()  # clean close: every live document is snapshotted
+    replica.close()  # clean close: every live document is snapshotted
     # The tail: TAIL more updates of the big document after its snapshot, then the process
-    # "dies" (the store is closed without the engine's closing snapshot).
+    # "dies": the store is closed without the engine's closing snapshot. All is committed.
     replica = open_replica(home)
     replica.engine.max_edits = 1
+    writer.engine = replica.engine
     with replica.store.atomic():
-        for pos, delete, insert in patches[patch : patch + TAIL]:
-            replica.engine.edit_text(big, pos, delete, insert)
-    patch += TAIL
+        for _ in range(TAIL):
+            writer.big_step()
     replica.store.close()
-    build_s = now() - t_build
+    return writer
 
+
+def build(root: Path, n: int, d: int) -> dict[str, Any]:
+    """Write and check the vault (see the module docstring); returns meta.json's content."""
+    start_text, _, patches = load_trace(TRACE)
+    if d - 1 > len(patches):
+        raise SystemExit(f"the trace has only {len(patches):,} patches; --d must be <= that + 1")
+    home = Home(root / "home")
+    t0 = now()
+    writer = write_log(home, n, d, start_text, patches)
+    build_s = now() - t0
+    assert writer.big is not None
     progress("checking the built vault and computing the expected text with plain pycrdt")
-    _, expected = run_pycrdt(start_text, patches[:patch])
+    _, expected = run_pycrdt(start_text, patches[: writer.patch])
     conn = sqlite3.connect(home.db_path)
     events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     big_events, since = conn.execute(
-        "SELECT d.events, d.since_snapshot FROM docs d WHERE d.doc = ?", (big,)
+        "SELECT events, since_snapshot FROM docs WHERE doc = ?", (writer.big,)
     ).fetchone()
     docs = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
     conn.close()
@@ -187,7 +225,7 @@ def build(root: Path, n: int, d: int) -> dict[str, Any]:
     meta = {
         "n": n,
         "d": d,
-        "doc": big.hex(),
+        "doc": writer.big.hex(),
         "documents": docs,
         "after_snapshot": since,
         "expected_chars": len(expected),
@@ -212,47 +250,38 @@ def get_vault(n: int, d: int, rebuild: bool) -> tuple[Path, dict[str, Any]]:
     return root / "home", build(root, n, d)
 
 
-# --- measuring -------------------------------------------------------------------------------------
+# --- measuring ------------------------------------------------------------------------------------
 
 
-def run(cmd: list[str]) -> tuple[float, str]:
+def child_env(bytecode_cache: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("SHOAL_HOME", None)
+    if bytecode_cache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(OUT_DIR / "pycache")
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
     """Wall seconds of one fresh process, and its stdout (it must succeed)."""
     t0 = now()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     elapsed = now() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{proc.stderr}")
     return elapsed, proc.stdout
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = parser("W5 cold open: status and a big document in fresh processes")
-    p.add_argument("--n", type=int, help=f"events (default {FULL_N:,}; --quick {QUICK_N:,})")
-    p.add_argument("--d", type=int, help=f"big-document updates ({FULL_D:,}; {QUICK_D:,})")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the cached vault")
-    p.add_argument("--runs", type=int, default=RUNS, help=f"timed runs each (default {RUNS})")
-    args = p.parse_args(argv)
-    n = args.n or (QUICK_N if args.quick else FULL_N)
-    d = args.d or (QUICK_D if args.quick else FULL_D)
-    home, meta = get_vault(n, d, args.rebuild)
-    db = str(home / "vault.db")
-    py = sys.executable
-    shoal = str(Path(py).parent / "shoal")
-    commands: dict[str, list[str]] = {
-        "python": [py, "-c", "pass"],
-        "sqlite_count": [py, "-c", CHILD_SQLITE, db, "SELECT count(*) FROM events"],
-        "sqlite_heads": [py, "-c", CHILD_SQLITE, db, "SELECT sum(seq) FROM heads"],
-        "import_cli": [py, "-c", "import cli"],
-        "cli_status": [shoal, "--home", str(home), "status"],
-        "status_child": [py, "-c", CHILD_STATUS, str(home)],
-        "doc_child": [py, "-c", CHILD_DOC, str(home), meta["doc"]],
-    }
+def measure(
+    commands: dict[str, list[str]], env: dict[str, str], runs: int, n: int, meta: dict[str, Any]
+) -> tuple[dict[str, list[float]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every command once per round (round 0 is a warm-up), checking what each prints."""
     wall: dict[str, list[float]] = {k: [] for k in commands}
-    inner_status: list[dict[str, float]] = []
+    inner_status: list[dict[str, Any]] = []
     inner_doc: list[dict[str, Any]] = []
-    for r in range(args.runs + 1):
+    for r in range(runs + 1):
         for key, cmd in commands.items():
-            elapsed, stdout = run(cmd)
+            elapsed, stdout = run(cmd, env)
             if key in ("sqlite_count", "sqlite_heads") and int(stdout) != n:
                 raise AssertionError(f"{key}: {stdout.strip()} events, expected {n}")
             if key == "cli_status" and f"events     {n}" not in stdout:
@@ -271,8 +300,41 @@ def main(argv: list[str] | None = None) -> int:
                     inner_doc.append(info)
             if r:  # round 0 is the warm-up
                 wall[key].append(elapsed)
-        progress(f"{'warm-up' if r == 0 else f'run {r}/{args.runs}'} done")
+        progress(f"{'warm-up' if r == 0 else f'run {r}/{runs}'} done")
 
+    return wall, inner_status, inner_doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("W5 cold open: status and a big document in fresh processes")
+    p.add_argument("--n", type=int, help=f"events (default {FULL_N:,}; --quick {QUICK_N:,})")
+    p.add_argument("--d", type=int, help=f"big-document updates ({FULL_D:,}; {QUICK_D:,})")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached vault")
+    p.add_argument("--runs", type=int, default=RUNS, help=f"timed runs each (default {RUNS})")
+    p.add_argument(
+        "--no-bytecode-cache",
+        dest="bytecode_cache",
+        action="store_false",
+        help="run the children with the environment as it is (maybe no .pyc files)",
+    )
+    args = p.parse_args(argv)
+    n = args.n or (QUICK_N if args.quick else FULL_N)
+    d = args.d or (QUICK_D if args.quick else FULL_D)
+    home, meta = get_vault(n, d, args.rebuild)
+    db = str(home / "vault.db")
+    env = child_env(args.bytecode_cache)
+    py = sys.executable
+    shoal = str(Path(py).parent / "shoal")
+    commands: dict[str, list[str]] = {
+        "python": [py, "-c", "pass"],
+        "sqlite_count": [py, "-c", CHILD_SQLITE, db, "SELECT count(*) FROM events"],
+        "sqlite_heads": [py, "-c", CHILD_SQLITE, db, "SELECT sum(seq) FROM heads"],
+        "import_cli": [py, "-c", "import cli"],
+        "cli_status": [shoal, "--home", str(home), "status"],
+        "status_child": [py, "-c", CHILD_STATUS, str(home)],
+        "doc_child": [py, "-c", CHILD_DOC, str(home), meta["doc"]],
+    }
+    wall, inner_status, inner_doc = measure(commands, env, args.runs, n, meta)
     med = {k: median(v) for k, v in wall.items()}
     st_open = median([x["open_status_s"] for x in inner_status])
     st_close = median([x["close_s"] for x in inner_status])
@@ -326,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "d": d,
             "quick": args.quick,
             "runs": args.runs,
+            "bytecode_cache": args.bytecode_cache,
             "vault": {k: v for k, v in meta.items() if k != "expected_sha256"},
             "wall_median_s": med,
             "wall_s": wall,

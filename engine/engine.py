@@ -76,6 +76,7 @@ class Engine:
         self._wakeups: set[asyncio.Event] = set()
         migrate(self.store.conn, "engine", "engine.migrations")
         self.store.rollback_hooks.append(self._live.clear)
+        self.store.external_change_hooks.append(self._refresh_live)
         self.catch_up()
 
     @property
@@ -117,30 +118,42 @@ class Engine:
         """Name this replica for the other members (sealed: the relay never sees names)."""
         return self._append({"t": T_REPLICA_PROFILE, "name": name})
 
-    def add_member(self, member: bytes, kx: bytes, role: str = ROLE_FULL) -> Accepted:
-        """Admit a replica: a public ``member.add`` carrying every epoch key wrapped for it."""
+    def add_member(
+        self,
+        member: bytes,
+        kx: bytes,
+        role: str = ROLE_FULL,
+        *,
+        expires_ms: int = 0,
+        signer: SigningKey | None = None,
+    ) -> Accepted:
+        """Admit a replica: a public ``member.add`` carrying every epoch key wrapped for it.
+
+        ``signer`` lets a delegate (an invite or the recovery key) write it instead of us.
+        """
         vault = self.log.vault_id
         keys = {
             epoch: wrap_key(kx, key, wrap_context(vault, epoch, member))
             for epoch, key in self.keyring.epochs().items()
         }
-        accepted = self._append(member_add_payload(member, kx, role, keys), kind=Kind.MEMBERSHIP)
+        payload = member_add_payload(member, kx, role, keys, expires_ms)
+        accepted = self._append(payload, kind=Kind.MEMBERSHIP, signer=signer)
         self._notify()
         return accepted
 
-    def adopt_keys(self, kx: KxKey) -> dict[int, bytes]:
-        """Unwrap the epoch keys our ``member.add`` carries; apply what they now open."""
-        member = self.log.roster.get(self.me)
-        if member is None:
-            raise MembershipError("this replica is not (yet) a member of the vault")
-        row = self.store.event_by_id(member.added_event)
+    def adopt_keys(self, kx: KxKey, member: bytes | None = None) -> dict[int, bytes]:
+        """Unwrap the epoch keys a ``member.add`` carries (ours by default) and use them."""
+        member = self.me if member is None else member
+        entry = self.log.roster.get(member)
+        if entry is None:
+            raise MembershipError("this key is not (yet) a member of the vault")
+        row = self.store.event_by_id(entry.added_event)
         if row is None:
-            raise NotFoundError("our membership event is not in the store")
-        event = decode_event(row.raw)
-        payload = decode_payload(event.body)
+            raise NotFoundError("the membership event is not in the store")
+        payload = decode_payload(decode_event(row.raw).body)
         keys = {}
         for epoch, wrapped in wrapped_keys(payload).items():
-            keys[epoch] = kx.unwrap(wrapped, wrap_context(self.log.vault_id, epoch, self.me))
+            keys[epoch] = kx.unwrap(wrapped, wrap_context(self.log.vault_id, epoch, member))
             self.keyring.add(epoch, keys[epoch])
         self._reapply_unopened()
         return keys
@@ -162,12 +175,12 @@ class Engine:
 
     def flush(self, doc_id: bytes | None = None) -> list[Accepted]:
         """Turn unflushed local edits into events (all documents, or one), one transaction."""
-        if doc_id is None:
-            targets = [live for live in self._live.values() if live.dirty]
-        else:
-            targets = [self._live[doc_id]] if doc_id in self._live else []
         written = []
         with self.store.atomic():
+            if doc_id is None:
+                targets = [live for live in self._live.values() if live.dirty]
+            else:
+                targets = [self._live[doc_id]] if doc_id in self._live else []
             for live in targets:
                 if not live.dirty:
                     continue
@@ -179,12 +192,18 @@ class Engine:
         return written
 
     def _append(
-        self, payload: Payload, echo: LiveDoc | None = None, kind: int = Kind.DATA
+        self,
+        payload: Payload,
+        echo: LiveDoc | None = None,
+        kind: int = Kind.DATA,
+        signer: SigningKey | None = None,
     ) -> Accepted:
         """Write one event of ours and apply it, with anything it unblocked."""
         epoch = 0 if kind == Kind.MEMBERSHIP else self.keyring.current_epoch
         with self.store.atomic():
-            outcome = self.log.append_local(self.signer, self.keyring, kind, epoch, payload)
+            outcome = self.log.append_local(
+                signer or self.signer, self.keyring, kind, epoch, payload
+            )
             ours, *unblocked = outcome.accepted
             self._apply(ours, payload, echo)
             for accepted in unblocked:
@@ -210,6 +229,31 @@ class Engine:
                 self._apply(accepted, None, None)
         self._notify()
         return outcome
+
+    def accept_remote_batch(self, raws: list[bytes]) -> Outcome:
+        """A batch from a peer (segment-verified, see ``Log.accept_batch``), then applied."""
+        with self.store.atomic():
+            outcome = self.log.accept_batch(raws)
+            for accepted in outcome.accepted:
+                self._apply(accepted, None, None)
+        self._notify()
+        return outcome
+
+    def _refresh_live(self) -> None:
+        """Another process wrote to the vault: reload live documents from the store.
+
+        Unflushed local edits survive: they are carried over as the diff from the last
+        flush, applied on top of the reloaded document.
+        """
+        for doc_id, live in list(self._live.items()):
+            if not live.dirty:
+                del self._live[doc_id]
+                continue
+            pending = live.doc.get_update(live.flushed_state)
+            fresh = self._load(doc_id, upto=None)
+            fresh.doc.apply_update(pending)
+            fresh.edits, fresh.dirty_since = live.edits, live.dirty_since
+            self._live[doc_id] = fresh
 
     def catch_up(self) -> int:
         """Apply stored events the derived state has not seen (after a crash or a rebuild)."""

@@ -21,7 +21,7 @@ from eventlog.errors import (
     PendingFullError,
     WrongVaultError,
 )
-from eventlog.membership import Member, founder_from_genesis, member_from_add
+from eventlog.membership import Member, check_writer, founder_from_genesis, member_from_add
 from eventlog.payload import Payload, decode_payload
 from eventlog.sealing import Keyring, Position, author_event
 from eventlog.store import MAX_PENDING, Head, Store
@@ -74,6 +74,10 @@ class Log:
         self._frozen = self.store.frozen_authors()
         self._lamport = self.store.max_lamport()
         self._heads.clear()
+
+    def refresh(self) -> None:
+        """Pick up what other processes committed (cheap when nothing changed)."""
+        self.store.poll_external_change()
 
     @property
     def roster(self) -> dict[bytes, Member]:
@@ -238,8 +242,7 @@ class Log:
             return None
         if event.kind == Kind.MEMBERSHIP:
             return member_from_add(self._roster, event, self._public_payload(event))
-        if event.kind == Kind.DATA and event.epoch == 0:
-            raise MembershipError("data events must be sealed (epoch >= 1)")
+        check_writer(self._roster, event)
         return None
 
     @staticmethod

@@ -136,13 +136,9 @@ class Store:
             return
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            version = self.conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error as exc:
             raise StorageError(f"cannot begin a transaction: {exc}") from exc
-        if self._data_version is not None and version != self._data_version:
-            for hook in self.external_change_hooks:
-                hook()
-        self._data_version = version
+        self.poll_external_change()
         self._depth = 1
         try:
             yield
@@ -158,6 +154,19 @@ class Store:
             raise
         finally:
             self._depth = 0
+
+    def poll_external_change(self) -> bool:
+        """Did another connection commit since we last looked? If so, run the hooks."""
+        try:
+            version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StorageError(f"database read failed: {exc}") from exc
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        if changed:
+            for hook in self.external_change_hooks:
+                hook()
+        return changed
 
     def query_one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         try:
@@ -376,7 +385,7 @@ class Store:
 
     def put_member(self, member: Member) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 member.author,
                 member.kx,
@@ -384,14 +393,15 @@ class Store:
                 member.added_by,
                 member.added_event,
                 member.added_ms,
+                member.expires_ms,
             ),
         )
 
     def members(self) -> dict[bytes, Member]:
         rows = self.query_all(
-            "SELECT author, kx, role, added_by, added_event, added_ms FROM members"
+            "SELECT author, kx, role, added_by, added_event, added_ms, expires_ms FROM members"
         )
         return {
-            bytes(a): Member(bytes(a), bytes(k), r, bytes(b), bytes(e), t)
-            for a, k, r, b, e, t in rows
+            bytes(a): Member(bytes(a), bytes(k), r, bytes(b), bytes(e), t, x)
+            for a, k, r, b, e, t, x in rows
         }

@@ -28,8 +28,9 @@ def run_demo(say: Callable[[str], None]) -> None:
 
         def shoal(*args: str, capture: bool = False) -> str:
             say(f"\n$ shoal {shlex.join(args)}")
-            proc = subprocess.run([*_shoal(), "--home", str(home), *args], text=True,
-                                  capture_output=True, check=False)
+            proc = subprocess.run(
+                [*_shoal(), "--home", str(home), *args], text=True, capture_output=True, check=False
+            )
             if proc.returncode != 0:
                 raise ShoalError(f"demo: shoal {args[0]} failed: {proc.stderr.strip()}")
             if not capture:
@@ -37,8 +38,9 @@ def run_demo(say: Callable[[str], None]) -> None:
             return proc.stdout.strip()
 
         shoal("init", "--name", "laptop")
-        doc = shoal("new", "Reading list", "--text", "* Designing Data-Intensive Apps\n",
-                    capture=True)
+        doc = shoal(
+            "new", "Reading list", "--text", "* Designing Data-Intensive Apps\n", capture=True
+        )
         say(doc)
         shoal("append", doc[:8], "* Local-first software (Kleppmann et al.)\n")
         shoal("set-title", doc[:8], "Reading list 2026")

@@ -15,6 +15,7 @@ from eventlog.crypto import signature_ok
 from eventlog.envelope import Kind, decode_event
 from eventlog.errors import DecodeError, IntegrityError, StorageError
 from eventlog.integrity import Report, walk
+from eventlog.membership import DEVICE_ROLES, Member
 from eventlog.payload import decode_payload
 from eventlog.store import StoredEvent
 from replicas.vault import Replica
@@ -111,3 +112,31 @@ def verify(replica: Replica) -> tuple[Report, list[str]]:
     verdict = "ok" if report.ok and not sqlite_problems else "FAILED"
     replica.store.set_fact("last_verify", f"{verdict} at {now_ms()}".encode())
     return report, sqlite_problems
+
+
+def devices(replica: Replica) -> list[dict[str, Any]]:
+    """The roster: every member key with its role, who added it and when."""
+    names = views.replica_names(replica.store)
+    out = []
+    for member in sorted(replica.log.roster.values(), key=lambda m: (m.added_ms, m.author)):
+        used = replica.store.head(member.author) is not None
+        out.append(
+            {
+                "id": member.author.hex(),
+                "name": names.get(member.author, ""),
+                "role": member.role,
+                "added_by": member.added_by.hex(),
+                "added_by_name": names.get(member.added_by) or _delegate_role(replica, member),
+                "added_ms": member.added_ms,
+                "expires_ms": member.expires_ms or None,
+                "used": used,
+                "this_replica": member.author == replica.engine.me,
+            }
+        )
+    return out
+
+
+def _delegate_role(replica: Replica, member: Member) -> str:
+    """Devices admitted by an invite or the recovery key show that instead of a name."""
+    adder = replica.log.roster.get(member.added_by)
+    return f"({adder.role})" if adder is not None and adder.role not in DEVICE_ROLES else ""

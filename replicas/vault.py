@@ -21,6 +21,7 @@ from eventlog.membership import (
 )
 from eventlog.sealing import Keyring, Position, author_event
 from eventlog.store import Store
+from replicas.delegates import create_recovery
 from replicas.home import Home
 
 FIRST_EPOCH = 1
@@ -55,18 +56,21 @@ class Replica:
 def init_vault(home: Home, name: str | None = None) -> Replica:
     """A new vault with this replica as founder: genesis, membership, epoch-1 key, profile."""
     home.prepare_new()
-    created_root = not any(p for p in home.root.iterdir() if p.name != "identity")
     try:
         return _found(home, name or socket.gethostname())
     except BaseException:
-        # Leave no half-made vault behind: a retry of `init` must find the home as it was.
-        shutil.rmtree(home.identity_dir, ignore_errors=True)
-        for path in (home.db_path, home.config_path):
-            for extra in ("", "-wal", "-shm"):
-                path.with_name(path.name + extra).unlink(missing_ok=True)
-        if created_root and not any(home.root.iterdir()):
-            home.root.rmdir()
+        discard_home(home)
         raise
+
+
+def discard_home(home: Home) -> None:
+    """Remove a half-made vault (failed init/join/restore) so a retry finds the home empty."""
+    shutil.rmtree(home.identity_dir, ignore_errors=True)
+    for path in (home.db_path, home.config_path):
+        for extra in ("", "-wal", "-shm"):
+            path.with_name(path.name + extra).unlink(missing_ok=True)
+    if home.root.exists() and not any(home.root.iterdir()):
+        home.root.rmdir()
 
 
 def _found(home: Home, name: str) -> Replica:
@@ -103,6 +107,7 @@ def _found(home: Home, name: str) -> Replica:
     )
     engine = Engine(log, signer, keyring)
     engine.set_profile(name)
+    create_recovery(home, engine)
     return Replica(home, engine, kx)
 
 

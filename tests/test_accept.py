@@ -49,7 +49,7 @@ def test_replay_is_a_noop(make_replica) -> None:
     a = make_replica("a")
     for raw in all_raw(a):
         assert a.log.accept(raw).status is Status.DUPLICATE
-    assert a.store.event_count() == 3
+    assert a.store.event_count() == 4  # genesis, owner, profile, recovery
 
 
 def test_wrong_vault_refused(make_replica) -> None:

@@ -68,23 +68,28 @@ def test_session(home: Path) -> None:
     first = history[-1]["id"]
     assert run_json(home, "cat", doc, "--at", first[:10])["body"] == "milk\n"
     log = run_json(home, "log")
-    assert [e["type"] for e in log][-3:] == ["replica.profile", "member.add", "vault.genesis"]
+    assert [e["type"] for e in log][-4:] == [
+        "member.add",
+        "replica.profile",
+        "member.add",
+        "vault.genesis",
+    ]
     assert run_json(home, "log", "--doc", doc, "--limit", "2") == history[:2]
-    assert len(run_json(home, "log", "--type", "member.add")) == 1
-    assert len(run_json(home, "log", "--since", "1h")) == 7
+    assert len(run_json(home, "log", "--type", "member.add")) == 2  # owner, recovery key
+    assert len(run_json(home, "log", "--since", "1h")) == 8
     assert run_json(home, "log", "--since", "2999-01-01") == []
     me = run_json(home, "status")["replica"]
-    assert len(run_json(home, "log", "--author", me[:6])) == 7
+    assert len(run_json(home, "log", "--author", me[:6])) == 8
     shown = run_json(home, "show", first)
     assert shown["signature"] == "valid" and shown["payload"]["t"] == "doc.update"
     status = run_json(home, "status")
-    assert status["events"] == 7 and status["documents"] == 1 and status["name"] == "laptop"
-    assert status["version_vector"][me]["seq"] == 7
+    assert status["events"] == 8 and status["documents"] == 1 and status["name"] == "laptop"
+    assert status["version_vector"][me]["seq"] == 8
     verified = run_json(home, "verify")
-    assert verified == {"ok": True, "events": 7, "problems": []}
+    assert verified == {"ok": True, "events": 8, "problems": []}
     # Human output works too.
     assert "Shopping" in run(home, "docs").stdout
-    assert "verified 7 events: ok" in run(home, "verify").stdout
+    assert "verified 8 events: ok" in run(home, "verify").stdout
 
 
 def test_secrets_are_private(home: Path) -> None:

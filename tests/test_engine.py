@@ -199,7 +199,9 @@ def test_late_subscriber_catches_up_from_a_cursor(make_replica) -> None:
                 sub.close()
         return count
 
-    assert asyncio.run(asyncio.wait_for(read_all(), 5)) == 8  # genesis, member, profile, 5 docs
+    assert (
+        asyncio.run(asyncio.wait_for(read_all(), 5)) == 9
+    )  # genesis, member, profile, recovery, 5 docs
 
 
 def test_events_hold_no_plaintext(trio) -> None:

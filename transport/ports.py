@@ -1,0 +1,60 @@
+"""``LogPort`` over an eventlog ``Log``: what a relay (no keys, no documents) serves from.
+
+A full replica wraps this (in ``replicas/``) so that accepted events are also applied to
+documents; the protocol itself never knows the difference.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from eventlog.accept import Log
+from eventlog.membership import ROLE_INVITE
+from transport.messages import MAX_BATCH_EVENTS
+from transport.session import BATCH_TARGET_BYTES, BATCH_TARGET_EVENTS
+
+
+class LogPortBase:
+    """Serves and accepts raw events through a ``Log``; authorizes by the roster."""
+
+    def __init__(self, log: Log, accept: Callable[[list[bytes]], int] | None = None) -> None:
+        self.log = log
+        self._accept = accept
+
+    @property
+    def vault_id(self) -> bytes:
+        return self.log.vault_id
+
+    def version_vector(self) -> dict[bytes, tuple[int, bytes]]:
+        return {a: (h.seq, h.id) for a, h in self.log.store.version_vector().items()}
+
+    def serving_batch(self, author: bytes, first: int, last: int) -> list[bytes]:
+        rows = self.log.store.serving_batch(
+            author, first, last, BATCH_TARGET_EVENTS, BATCH_TARGET_BYTES
+        )
+        return [row.raw for row in rows[:MAX_BATCH_EVENTS]]
+
+    def accept_batch(self, raws: list[bytes]) -> int:
+        if self._accept is not None:
+            return self._accept(raws)
+        return len(self.log.accept_batch(raws).accepted)
+
+    def event_at(self, author: bytes, seq: int) -> bytes | None:
+        row = self.log.store.event_at(author, seq)
+        return None if row is None else row.raw
+
+    def may_connect(self, peer: bytes, role: str, initiator: bool) -> bool:
+        return member_may_connect(self.log, peer)
+
+
+def member_may_connect(log: Log, peer: bytes, now_ms: int | None = None) -> bool:
+    """A member may sync; an invite key only while unused and unexpired."""
+    log.refresh()
+    member = log.roster.get(peer)
+    if member is None:
+        return False
+    if member.role == ROLE_INVITE:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return log.head(peer) is None and now <= member.expires_ms
+    return True

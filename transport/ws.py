@@ -1,0 +1,142 @@
+"""aiohttp WebSocket adapter: moves frames between a socket and a ``Session``.
+
+The same loop runs on both ends (client or server side, replica or relay): read a frame,
+feed it to the session, send what comes back; when the local log grows, let the session
+push; every second, let it check its timeouts. A ``ProtocolError`` becomes an ERROR frame
+and a WebSocket close with the matching code; the reason is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from transport.messages import MAX_FRAME_BYTES, CloseCode, ProtocolError
+from transport.session import Session
+
+log = logging.getLogger("shoal.transport")
+
+SYNC_PATH: Final = "/v1/vaults/{vault}/sync"
+HEARTBEAT_S: Final = 20.0
+TICK_S: Final = 1.0
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+@dataclass
+class Ending:
+    """How a connection ended: our close code (or the peer's) and why."""
+
+    code: int
+    reason: str
+    by_peer: bool
+
+
+def sync_url(base: str, vault: bytes) -> str:
+    """``http://host:port`` (or ws://, https://) -> the vault's sync endpoint."""
+    base = base.rstrip("/")
+    if base.startswith("http://"):
+        base = "ws://" + base[len("http://") :]
+    elif base.startswith("https://"):
+        base = "wss://" + base[len("https://") :]
+    elif not base.startswith(("ws://", "wss://")):
+        base = "ws://" + base
+    return base + SYNC_PATH.format(vault=vault.hex())
+
+
+async def drive(
+    ws: WebSocket,
+    session: Session,
+    changed: asyncio.Event | None = None,
+    on_stored: Callable[[int], None] | None = None,
+    until_settled: bool = False,
+) -> Ending:
+    """Run ``session`` over ``ws`` until either side closes (or, optionally, it settles)."""
+    try:
+        for frame in session.start():
+            await ws.send_bytes(frame)
+        return await _loop(ws, session, changed, on_stored, until_settled)
+    except ProtocolError as exc:
+        log.warning("closing connection to %s: %s", _peer(session), exc)
+        if not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_bytes(session.error_frame(exc.code, exc.reason))
+            await ws.close(code=int(exc.code), message=exc.reason[:120].encode())
+        return Ending(int(exc.code), exc.reason, by_peer=exc.reason.startswith("peer closed"))
+    except (ConnectionError, aiohttp.ClientError) as exc:
+        return Ending(int(CloseCode.GOING_AWAY), f"connection lost: {exc}", by_peer=True)
+
+
+async def _loop(
+    ws: WebSocket,
+    session: Session,
+    changed: asyncio.Event | None,
+    on_stored: Callable[[int], None] | None,
+    until_settled: bool,
+) -> Ending:
+    receive: asyncio.Task[aiohttp.WSMessage] = asyncio.ensure_future(ws.receive())
+    change: asyncio.Task[bool] | None = None
+    try:
+        while True:
+            waiting: set[asyncio.Future[object]] = {receive}  # type: ignore[arg-type]
+            if changed is not None:
+                if change is None:
+                    change = asyncio.ensure_future(changed.wait())
+                waiting.add(change)  # type: ignore[arg-type]
+            done, _ = await asyncio.wait(
+                waiting, timeout=TICK_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if receive in done:
+                message = receive.result()
+                if message.type == WSMsgType.BINARY:
+                    before = session.stats.events_stored
+                    for frame in session.receive(message.data):
+                        await ws.send_bytes(frame)
+                    if on_stored is not None and session.stats.events_stored > before:
+                        on_stored(session.stats.events_stored - before)
+                elif message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    code = ws.close_code or int(CloseCode.GOING_AWAY)
+                    return Ending(code, str(message.extra or "closed by peer"), by_peer=True)
+                elif message.type == WSMsgType.ERROR:
+                    return Ending(
+                        int(CloseCode.GOING_AWAY), f"socket error: {ws.exception()}", by_peer=True
+                    )
+                else:
+                    raise ProtocolError(CloseCode.MALFORMED, "text frames are not spoken")
+                receive = asyncio.ensure_future(ws.receive())
+            if change is not None and change in done:
+                assert changed is not None
+                changed.clear()
+                change = None
+                for frame in session.local_changed():
+                    await ws.send_bytes(frame)
+            session.check_timeouts()
+            if until_settled and session.settled:
+                await ws.close(code=int(CloseCode.NORMAL), message=b"settled")
+                return Ending(int(CloseCode.NORMAL), "settled", by_peer=False)
+    finally:
+        receive.cancel()
+        if change is not None:
+            change.cancel()
+
+
+def _peer(session: Session) -> str:
+    return session.peer.hex()[:12] if session.peer else "unauthenticated peer"
+
+
+async def connect(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
+    """Open a sync WebSocket with our frame limit and heartbeat."""
+    return await http.ws_connect(
+        url, max_msg_size=MAX_FRAME_BYTES, heartbeat=HEARTBEAT_S, autoping=True
+    )
+
+
+def server_socket() -> web.WebSocketResponse:
+    return web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=HEARTBEAT_S)
