@@ -1,20 +1,29 @@
-"""``shoal demo``: a guided run of shoal on embedded defaults, in a temporary directory.
+"""``shoal demo``: a relay and two replicas on 127.0.0.1, in a temporary directory.
 
-Every step is a real ``shoal`` process on a real home, printed as the command a user would
-type, so the demo doubles as a tour of the CLI. Everything is removed afterwards.
+A "laptop" founds a vault, writes documents and invites a "home server" through the relay;
+both run ``shoal serve`` (live sync through the relay) while each edits the same document at
+the same time; then the demo prints the converged document on both, the merged history and
+the roster, and verifies both logs. Every step is a real ``shoal`` process, printed as the
+command a user would type. Everything is stopped and removed afterwards.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from eventlog.errors import ShoalError
+
+Say = Callable[[str], None]
 
 
 def _shoal() -> list[str]:
@@ -22,37 +31,117 @@ def _shoal() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
 
 
-def run_demo(say: Callable[[str], None]) -> None:
-    with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
-        home = Path(tmp) / "laptop"
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-        def shoal(*args: str, capture: bool = False) -> str:
-            say(f"\n$ shoal {shlex.join(args)}")
-            proc = subprocess.run(
-                [*_shoal(), "--home", str(home), *args], text=True, capture_output=True, check=False
-            )
-            if proc.returncode != 0:
-                raise ShoalError(f"demo: shoal {args[0]} failed: {proc.stderr.strip()}")
-            if not capture:
-                say(proc.stdout.rstrip())
-            return proc.stdout.strip()
 
-        shoal("init", "--name", "laptop")
-        doc = shoal(
-            "new", "Reading list", "--text", "* Designing Data-Intensive Apps\n", capture=True
+class Demo:
+    def __init__(self, root: Path, say: Say) -> None:
+        self.root = root
+        self.say = say
+        self.children: list[subprocess.Popen[str]] = []
+
+    def shoal(self, home: str | None, *args: str, show: bool = True) -> str:
+        where = ["--home", str(self.root / home)] if home else []
+        self.say(f"\n[{home or 'relay'}]$ shoal {shlex.join(args)}")
+        proc = subprocess.run(
+            [*_shoal(), *where, *args], text=True, capture_output=True, check=False, timeout=120
         )
-        say(doc)
-        shoal("append", doc[:8], "* Local-first software (Kleppmann et al.)\n")
-        shoal("set-title", doc[:8], "Reading list 2026")
-        shoal("tag", doc[:8], "books")
-        notes = shoal("new", "Meeting notes", "--text", "Agenda: sync engine\n", capture=True)
-        say(notes)
-        shoal("docs")
-        shoal("cat", doc[:8])
-        shoal("history", doc[:8])
-        first = shoal("log", "--doc", doc, "--json", capture=True)
-        first_id = json.loads(first)[-1]["id"]
-        shoal("cat", doc[:8], "--at", first_id[:12])
-        shoal("log", "--limit", "5")
-        shoal("verify")
-        shoal("status")
+        if proc.returncode != 0:
+            raise ShoalError(f"demo: shoal {args[0]} failed: {proc.stderr.strip()}")
+        if show and proc.stdout.strip():
+            self.say(proc.stdout.rstrip())
+        return proc.stdout.strip()
+
+    def json(self, home: str, *args: str) -> Any:
+        return json.loads(self.shoal(home, *args, "--json", show=False))
+
+    def start(self, home: str | None, *args: str) -> subprocess.Popen[str]:
+        where = ["--home", str(self.root / home)] if home else []
+        self.say(f"\n[{home or 'relay'}]$ shoal {shlex.join(args)} &")
+        child = subprocess.Popen(
+            [*_shoal(), *where, *args], text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.children.append(child)
+        assert child.stdout is not None
+        self.say(child.stdout.readline().rstrip())
+        return child
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            child.terminate()
+        for child in self.children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+@contextmanager
+def _demo(say: Say) -> Iterator[Demo]:
+    with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
+        demo = Demo(Path(tmp), say)
+        try:
+            yield demo
+        finally:
+            demo.stop_all()
+
+
+def _converged(demo: Demo, doc: str, timeout: float = 30.0) -> tuple[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [demo.json(h, "status")["version_vector"] for h in ("laptop", "server")]
+        if states[0] == states[1]:
+            return (
+                demo.json("laptop", "cat", doc)["body"],
+                demo.json("server", "cat", doc)["body"],
+            )
+        if time.monotonic() > deadline:
+            raise ShoalError("demo: replicas did not converge within 30 s")
+        time.sleep(0.3)
+
+
+def run_demo(say: Say) -> None:
+    with _demo(say) as demo:
+        relay = f"http://127.0.0.1:{free_port()}"
+        say("== A blind relay in the 'cloud' (it stores only ciphertext)")
+        demo.start(None, "relay", "--data", str(demo.root / "relay"), "--listen", relay[7:])
+        say("\n== The laptop founds a vault and writes")
+        demo.shoal("laptop", "init", "--name", "laptop")
+        doc = demo.shoal("laptop", "new", "Trip plan", "--text", "Day 1: arrive in Lisbon\n")
+        demo.shoal("laptop", "new", "Reading list", "--text", "* Local-first software\n")
+        demo.shoal("laptop", "tag", doc[:8], "travel")
+        say("\n== The laptop invites the home server; the code never passes the relay")
+        code = demo.shoal("laptop", "invite", "--relay", relay, show=False).split()[-1]
+        say(f"shoal join {code[:40]}...")
+        demo.shoal("server", "join", code, "--name", "home-server")
+        say("\n== Both run the sync daemon; each edits the trip plan at the same time")
+        demo.start("laptop", "serve", "--relay", relay)
+        demo.start("server", "serve", "--relay", relay)
+        edits = [
+            subprocess.Popen([*_shoal(), "--home", str(demo.root / home), "append", doc, text])
+            for home, text in (
+                ("laptop", "Day 2: Sintra (laptop)\n"),
+                ("server", "Day 3: Porto by train (home server)\n"),
+            )
+        ]
+        say(f"\n[laptop]$ shoal append {doc[:8]} 'Day 2: Sintra (laptop)'   # concurrently")
+        say(f"[server]$ shoal append {doc[:8]} 'Day 3: Porto by train (home server)'")
+        if any(edit.wait(60) != 0 for edit in edits):
+            raise ShoalError("demo: a concurrent append failed")
+        demo.shoal("server", "set-title", doc[:8], "Portugal trip plan")
+        laptop_text, server_text = _converged(demo, doc)
+        say("\n== Converged: the same document on both replicas, both edits kept")
+        demo.shoal("laptop", "cat", doc[:8])
+        demo.shoal("server", "cat", doc[:8])
+        say(f"identical on both replicas: {laptop_text == server_text}")
+        demo.shoal("server", "docs")
+        say("\n== The merged history")
+        demo.shoal("server", "history", doc[:8])
+        demo.shoal("laptop", "devices")
+        demo.shoal("laptop", "backup", relay)
+        demo.shoal("laptop", "verify")
+        demo.shoal("server", "verify")
+        say(f"\nDemo finished; stopping the daemons and the relay and removing {demo.root}.")

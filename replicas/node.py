@@ -297,7 +297,12 @@ async def serve_node(
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         bound = sockets[0].getsockname()[:2] if sockets else listen
-        print(f"shoal serve listening on http://{bound[0]}:{bound[1]}", flush=True)
+    where = f"listening on http://{bound[0]}:{bound[1]}" if bound else "not listening"
+    links = ", ".join(link.url for link in node.links) or "none"
+    print(
+        f"shoal serve: vault {replica.log.vault_id.hex()[:12]}, {where}, syncing with {links}",
+        flush=True,
+    )
     tasks = [asyncio.create_task(node.dial_forever(link)) for link in list(node.links)]
     tasks.append(asyncio.create_task(node.watch_local()))
     if discover:
