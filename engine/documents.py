@@ -3,15 +3,19 @@
 A document is a pycrdt ``Doc`` with two roots: ``meta`` (a map: ``title``, ``created``, and
 ``tags`` as a nested map tag -> True, so concurrent tag adds merge as a set) and ``body`` (a
 text). Anything else a newer replica adds is carried along untouched.
+
+pycrdt is imported on first use, not with this module: commands that never open a document
+(``status``, ``log``, ``verify``) should not pay its import on every start.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
-from pycrdt import Doc, Map, Text
+if TYPE_CHECKING:
+    from pycrdt import Doc, Map, Text, TransactionEvent
 
 DOC_ID_BYTES: Final = 16
 META: Final = "meta"
@@ -22,49 +26,76 @@ def new_doc_id() -> bytes:
     return os.urandom(DOC_ID_BYTES)
 
 
-@dataclass(slots=True)
 class LiveDoc:
-    """A document held in memory, and what of it has not yet become an event."""
+    """A document held in memory, and the local edits not yet written as an event.
 
-    doc_id: bytes
-    doc: Doc  # type: ignore[type-arg]
-    flushed_state: bytes
-    """State vector at the last flush: the next local event is the diff from here."""
-    edits: int = 0
-    dirty_since: float | None = None
-    last_rowid: int = 0
-    """Highest event rowid folded into ``doc``."""
-    extra: dict[str, int] = field(default_factory=dict)
+    Every local transaction's update is captured as it commits (``Doc.observe``) and the
+    captured updates are merged at flush: the event carries exactly this replica's new
+    edits. (A state-vector diff would be simpler but drags the document's whole delete set
+    into every event: measured 291 B -> 4.8 kB per one-character edit after 100k edits.)
+    ``Doc.observe`` also fires for updates applied from the log, so those are applied through
+    :meth:`apply_from_log`, which keeps them out of the capture: the echo filter.
+    """
 
-    @property
-    def meta(self) -> Map:  # type: ignore[type-arg]
-        meta: Map = self.doc.get(META, type=Map)  # type: ignore[type-arg]
-        return meta
+    __slots__ = (
+        "_from_log",
+        "_subscription",
+        "body",
+        "dirty_since",
+        "doc",
+        "doc_id",
+        "edits",
+        "last_rowid",
+        "meta",
+        "pending",
+    )
 
-    @property
-    def body(self) -> Text:
-        body: Text = self.doc.get(BODY, type=Text)
-        return body
+    def __init__(self, doc_id: bytes) -> None:
+        from pycrdt import Doc, Map, Text
+
+        self.doc_id = doc_id
+        self.doc: Doc = Doc()  # type: ignore[type-arg]
+        self.meta: Map = self.doc.get(META, type=Map)  # type: ignore[type-arg]
+        self.body: Text = self.doc.get(BODY, type=Text)
+        self.pending: list[bytes] = []
+        self.edits = 0
+        self.dirty_since: float | None = None
+        self.last_rowid = 0
+        """Highest event rowid folded into ``doc``."""
+        self._from_log = False
+        self._subscription = self.doc.observe(self._captured)
+
+    def _captured(self, event: TransactionEvent) -> None:
+        if not self._from_log:
+            self.pending.append(event.update)
+
+    def apply_from_log(self, update: bytes) -> None:
+        """Merge an update that is already an event (remote, or ours from the store)."""
+        self._from_log = True
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self._from_log = False
 
     @property
     def dirty(self) -> bool:
-        return self.dirty_since is not None
+        return bool(self.pending)
 
-    def mark_flushed(self) -> None:
-        self.flushed_state = self.doc.get_state()
+    def take_pending(self) -> bytes:
+        """The local edits since the last flush, as one update; resets the counters."""
+        from pycrdt import merge_updates
+
+        update = self.pending[0] if len(self.pending) == 1 else merge_updates(*self.pending)
+        self.pending = []
         self.edits = 0
         self.dirty_since = None
-
-
-def empty_live(doc_id: bytes) -> LiveDoc:
-    doc: Doc = Doc()  # type: ignore[type-arg]
-    doc.get(META, type=Map)
-    doc.get(BODY, type=Text)
-    return LiveDoc(doc_id, doc, doc.get_state())
+        return update
 
 
 def initialize(live: LiveDoc, title: str, text: str, tags: list[str], created_ms: int) -> None:
     """Fill a brand-new document's meta and body in one transaction."""
+    from pycrdt import Map
+
     with live.doc.transaction():
         meta = live.meta
         meta["title"] = title
@@ -84,16 +115,22 @@ class Summary:
     size: int
 
 
+def tag_names(value: object) -> list[str]:
+    """The tags of a ``meta["tags"]`` value (a map tag -> True), sorted."""
+    from pycrdt import Map
+
+    return sorted(value.keys()) if isinstance(value, Map) else []
+
+
 def summarize(live: LiveDoc) -> Summary:
     meta = live.meta
     title = meta.get("title")
     created = meta.get("created")
-    tags = meta.get("tags")
     return Summary(
         title if isinstance(title, str) else "",
-        sorted(tags.keys()) if isinstance(tags, Map) else [],
+        tag_names(meta.get("tags")),
         int(created) if isinstance(created, int | float) else 0,  # Yjs numbers are floats
-        len(str(live.body).encode("utf-8")),
+        len(live.body),  # pycrdt counts text length in UTF-8 bytes
     )
 
 
@@ -103,6 +140,8 @@ def set_title(live: LiveDoc, title: str) -> None:
 
 
 def add_tag(live: LiveDoc, tag: str) -> None:
+    from pycrdt import Map
+
     with live.doc.transaction():
         tags = live.meta.get("tags")
         if not isinstance(tags, Map):

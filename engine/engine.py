@@ -1,30 +1,28 @@
 """The engine: local edits become events, and events (local or remote) become documents.
 
 Write path: an edit is one pycrdt transaction on a live document; edits are *coalesced* — the
-next ``doc.update`` event is the diff between the document and its state at the last flush,
-cut when ``max_edits`` edits or ``max_delay`` seconds have accumulated, or on ``flush()`` /
-``close()`` — so typing costs one signature per burst, not per keystroke.
+next ``doc.update`` event merges the updates of the local transactions since the last flush
+(see ``documents.LiveDoc``), cut when ``max_edits`` edits or ``max_delay`` seconds have
+accumulated, or on ``flush()`` / ``close()`` — so typing costs one signature per burst, not
+per keystroke.
 
 Read path: every stored event goes through :meth:`Engine._apply`, whichever replica wrote it.
 Our own flushed events are echoes (the live document already holds them) and are not applied
-twice; everything else is decrypted and merged. Before a remote update is merged into a live
-document, that document's unflushed local edits are flushed, so a diff never carries someone
-else's changes under our name. Every derived row is written in the same transaction as the
-event it comes from.
+twice; everything else is decrypted and merged through ``LiveDoc.apply_from_log``, which keeps
+it out of the capture of local edits, so an event never carries someone else's changes under
+our name. Every derived row is written in the same transaction as the event it comes from.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from engine import documents
 from engine.documents import DOC_ID_BYTES, LiveDoc
-from engine.subscription import Subscription
 from eventlog.accept import Accepted, Log, Outcome, now_ms
 from eventlog.crypto import KxKey, SigningKey, wrap_key
 from eventlog.envelope import Event, Kind, decode_event
@@ -41,6 +39,11 @@ from eventlog.migrate import migrate
 from eventlog.payload import Payload, decode_payload, field_bytes
 from eventlog.sealing import Keyring
 from eventlog.store import hex_prefix_bounds
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from engine.subscription import Subscription
 
 T_DOC_UPDATE: Final = "doc.update"
 T_REPLICA_PROFILE: Final = "replica.profile"
@@ -88,7 +91,7 @@ class Engine:
     def create_doc(self, title: str, text: str = "", tags: Iterable[str] = ()) -> bytes:
         """A new document; its first event is written at the next flush."""
         doc_id = documents.new_doc_id()
-        live = documents.empty_live(doc_id)
+        live = LiveDoc(doc_id)
         documents.initialize(live, title, text, sorted(set(tags)), now_ms())
         self._remember(live)
         self._edited(live)
@@ -184,8 +187,7 @@ class Engine:
             for live in targets:
                 if not live.dirty:
                     continue
-                update = live.doc.get_update(live.flushed_state)
-                live.mark_flushed()
+                update = live.take_pending()
                 payload = {"t": T_DOC_UPDATE, "doc": live.doc_id, "u": update}
                 written.append(self._append(payload, echo=live))
         self._notify()
@@ -249,9 +251,9 @@ class Engine:
             if not live.dirty:
                 del self._live[doc_id]
                 continue
-            pending = live.doc.get_update(live.flushed_state)
             fresh = self._load(doc_id, upto=None)
-            fresh.doc.apply_update(pending)
+            for update in live.pending:
+                fresh.doc.apply_update(update)  # captured again, as local edits
             fresh.edits, fresh.dirty_since = live.edits, live.dirty_since
             self._live[doc_id] = fresh
 
@@ -327,10 +329,7 @@ class Engine:
             live = self._load(doc_id, upto=accepted.rowid)
             self._remember(live)
         elif echo is None:
-            if live.dirty:
-                self.flush(doc_id)
-            live.doc.apply_update(update)
-            live.mark_flushed()
+            live.apply_from_log(update)
         live.last_rowid = max(live.last_rowid, accepted.rowid)
         self._write_summary(live, accepted)
 
@@ -366,9 +365,10 @@ class Engine:
         if row is None or (row[0] < threshold and not force):
             return
         self.store.conn.execute(
-            "UPDATE docs SET snapshot = ?, snapshot_rowid = ?, since_snapshot = 0 WHERE doc = ?",
-            (live.doc.get_update(), live.last_rowid, live.doc_id),
+            "INSERT OR REPLACE INTO snapshots VALUES (?, ?, ?)",
+            (live.doc_id, live.doc.get_update(), live.last_rowid),
         )
+        self.store.conn.execute("UPDATE docs SET since_snapshot = 0 WHERE doc = ?", (live.doc_id,))
 
     # --- opening documents --------------------------------------------------------------------
 
@@ -398,19 +398,18 @@ class Engine:
         return live
 
     def _load(self, doc_id: bytes, upto: int | None) -> LiveDoc:
-        live = documents.empty_live(doc_id)
+        live = LiveDoc(doc_id)
         row = self.store.query_one(
-            "SELECT snapshot, snapshot_rowid FROM docs WHERE doc = ?", (doc_id,)
+            "SELECT state, upto_rowid FROM snapshots WHERE doc = ?", (doc_id,)
         )
         after = 0
         if row is not None and row[0] is not None:
-            live.doc.apply_update(bytes(row[0]))
+            live.apply_from_log(bytes(row[0]))
             after = row[1]
         for rowid, update in self._doc_updates(doc_id, after, upto):
-            live.doc.apply_update(update)
+            live.apply_from_log(update)
             live.last_rowid = rowid
         live.last_rowid = max(live.last_rowid, after)
-        live.mark_flushed()
         return live
 
     def _doc_updates(
@@ -445,6 +444,8 @@ class Engine:
 
     def subscribe(self, after: int | None = None) -> Subscription:
         """Applied events after local rowid ``after`` (default: from now on)."""
+        from engine.subscription import Subscription
+
         return Subscription(self, self._applied_upto() if after is None else after)
 
     def add_wakeup(self, wakeup: asyncio.Event) -> None:
@@ -463,7 +464,7 @@ class Engine:
         """Drop every derived row and re-apply the whole log (derived state is disposable)."""
         self._live.clear()
         with self.store.atomic():
-            for table in ("event_index", "docs", "replica_names"):
+            for table in ("event_index", "docs", "snapshots", "replica_names"):
                 self.store.conn.execute(f"DELETE FROM {table}")
             self.store.conn.execute("UPDATE engine_state SET value = 0")
         return self.catch_up()

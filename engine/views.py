@@ -9,9 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import Doc, Map, Text
-
-from engine.documents import BODY, META
+from engine.documents import LiveDoc, summarize
 from eventlog.envelope import decode_event
 from eventlog.payload import field_bytes
 from eventlog.sealing import Keyring
@@ -145,17 +143,8 @@ def state_at(store: Store, keyring: Keyring, doc: bytes, at: StoredEvent) -> Doc
         " e.author <= ?)) ORDER BY e.lamport, e.author",
         (doc, at.lamport, at.lamport, at.author),
     )
-    ydoc: Doc = Doc()  # type: ignore[type-arg]
-    meta = ydoc.get(META, type=Map)
-    body = ydoc.get(BODY, type=Text)
+    live = LiveDoc(doc)
     for (raw,) in rows:
-        payload = keyring.open_payload(decode_event(bytes(raw)))
-        ydoc.apply_update(field_bytes(payload, "u"))
-    tags = meta.get("tags")
-    title = meta.get("title")
-    return DocState(
-        title if isinstance(title, str) else "",
-        sorted(tags.keys()) if isinstance(tags, Map) else [],
-        str(body),
-        len(rows),
-    )
+        live.apply_from_log(field_bytes(keyring.open_payload(decode_event(bytes(raw))), "u"))
+    summary = summarize(live)
+    return DocState(summary.title, summary.tags, str(live.body), len(rows))

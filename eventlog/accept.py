@@ -279,6 +279,8 @@ class Log:
         An event waits for its predecessor or for its author's membership; so each stored
         event unblocks at most its successor and, if it adds a member, that member's seq 1.
         """
+        if not self.store.pending_count():
+            return  # the common case: nothing waits, so nothing to look up
         queue = [key for a in outcome.accepted[start:] for key in self._unblocked_by(a.event)]
         while queue:
             author, seq = queue.pop()

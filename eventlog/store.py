@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import sqlite_utils
-
 from eventlog.envelope import Event
 from eventlog.errors import AmbiguousError, NotFoundError, StorageError
 from eventlog.membership import Member
@@ -88,7 +86,6 @@ class Store:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.path = path
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self._depth = 0
         self._pending_count: int | None = None
         self.rollback_hooks: list[Callable[[], None]] = []
@@ -97,6 +94,7 @@ class Store:
         """Called when another process committed since our last transaction (for example a
         ``shoal append`` while ``shoal serve`` runs): caches of the database are stale."""
         self._data_version: int | None = None
+        self._event_bytes: int | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -146,7 +144,7 @@ class Store:
         except BaseException as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            self._pending_count = None
+            self._pending_count = self._event_bytes = None
             for hook in self.rollback_hooks:
                 hook()
             if isinstance(exc, sqlite3.Error):
@@ -164,6 +162,7 @@ class Store:
         changed = self._data_version is not None and version != self._data_version
         self._data_version = version
         if changed:
+            self._pending_count = self._event_bytes = None
             for hook in self.external_change_hooks:
                 hook()
         return changed
@@ -225,6 +224,8 @@ class Store:
             (event.author, event.seq, event.id, event.lamport),
         )
         assert cur.lastrowid is not None
+        if self._event_bytes is not None:
+            self._event_bytes += len(event.raw)
         return cur.lastrowid
 
     def head(self, author: bytes) -> Head | None:
@@ -314,6 +315,17 @@ class Store:
             (rowid, limit),
         )
         return [_row(r) for r in rows]
+
+    def bytes_held(self) -> int:
+        """Bytes of stored and pending events: what a relay's quota counts."""
+        if self._event_bytes is None:
+            row = self.query_one("SELECT coalesce(sum(length(raw)), 0) FROM events")
+            self._event_bytes = int(row[0]) if row else 0
+        pending = 0
+        if self.pending_count():
+            row = self.query_one("SELECT coalesce(sum(length(raw)), 0) FROM pending")
+            pending = int(row[0]) if row else 0
+        return self._event_bytes + pending
 
     def last_rowid(self) -> int:
         row = self.query_one("SELECT max(rowid) FROM events")

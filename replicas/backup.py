@@ -1,11 +1,11 @@
 """``shoal backup``: what the relay holds of each log, proven from signed events.
 
 The relay's HAVE claims a head per author. We ask it (PROBE) for the event at each claimed
-head and at a few random earlier places, and check each answer: it must decode, carry the
-author's valid signature, and have the same id as our own event at that place. A relay
-cannot forge a signed event, and because every event names its predecessor's hash, a correct
-head commits the relay to the whole chain below it; the random samples check that it still
-serves that chain rather than only the head.
+head and at a few random earlier places, and check each answer: it must decode and have the
+same id (the hash of the author's signed bytes) as our own event at that place, or, where
+we hold none, carry the author's valid signature. A relay cannot forge either, and because
+every event names its predecessor's hash, a correct head commits the relay to the whole chain
+below it; the random samples check that it still serves that chain rather than only the head.
 """
 
 from __future__ import annotations
@@ -68,10 +68,12 @@ async def backup_report(replica: Replica, url: str) -> list[AuthorBackup]:
         except DecodeError:
             row.failed.append(f"seq {seq}: relay sent no valid event")
             continue
-        if not signature_ok(event.author, event.sig, event.signed):
-            row.failed.append(f"seq {seq}: signature does not verify")
-        elif ours is None or ours.id != event.id or (event.author, event.seq) != (author, seq):
+        if (event.author, event.seq) != (author, seq):
+            row.failed.append(f"seq {seq}: relay answered with another place")
+        elif ours is not None and ours.id != event.id:
             row.failed.append(f"seq {seq}: relay's event differs from ours")
+        elif ours is None and not signature_ok(event.author, event.sig, event.signed):
+            row.failed.append(f"seq {seq}: signature does not verify")
         else:
-            row.proven += 1
+            row.proven += 1  # same id as our event: the relay holds the authentic bytes
     return sorted(rows.values(), key=lambda r: r.author)

@@ -52,13 +52,14 @@ class RelayVault:
     wakeups: set[asyncio.Event] = field(default_factory=set)
 
     def accept(self, raws: list[bytes]) -> int:
+        """Accept a batch within the quota, which counts stored and pending (parked) bytes."""
         size = sum(len(r) for r in raws)
         if self.bytes_used + size > self.quota:
             raise ProtocolError(
                 CloseCode.QUOTA_EXCEEDED, f"vault quota of {self.quota} bytes reached"
             )
         stored = self.log.accept_batch(raws).accepted
-        self.bytes_used += sum(len(a.event.raw) for a in stored)
+        self.bytes_used = self.log.store.bytes_held()
         if stored:
             for wakeup in self.wakeups:
                 wakeup.set()
@@ -127,8 +128,7 @@ class Relay:
         store = Store.open(path, create=True)
         if fresh:
             store.set_fact("vault_id", vault_id)
-        row = store.query_one("SELECT coalesce(sum(length(raw)), 0) FROM events")
-        vault = RelayVault(vault_id, Log(store), int(row[0]) if row else 0, self.quota)
+        vault = RelayVault(vault_id, Log(store), store.bytes_held(), self.quota)
         self.vaults[vault_id] = vault
         return vault
 

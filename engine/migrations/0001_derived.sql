@@ -12,7 +12,7 @@ CREATE TABLE event_index (
 CREATE INDEX event_index_by_doc ON event_index (doc, rowid);
 CREATE INDEX event_index_by_type ON event_index (type, rowid);
 
--- The listing of documents, and each document's latest snapshot.
+-- The listing of documents.
 CREATE TABLE docs (
     doc BLOB PRIMARY KEY,
     title TEXT NOT NULL,
@@ -21,9 +21,14 @@ CREATE TABLE docs (
     updated_ms INTEGER NOT NULL,
     size INTEGER NOT NULL,              -- body length in UTF-8 bytes
     events INTEGER NOT NULL,
-    snapshot BLOB,                      -- full Yjs state as of snapshot_rowid
-    snapshot_rowid INTEGER NOT NULL DEFAULT 0,
     since_snapshot INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- Each document's latest snapshot, apart from the listing so listing never reads blobs.
+CREATE TABLE snapshots (
+    doc BLOB PRIMARY KEY,
+    state BLOB NOT NULL,                -- full Yjs state as of upto_rowid
+    upto_rowid INTEGER NOT NULL
 ) WITHOUT ROWID;
 
 CREATE TABLE replica_names (
