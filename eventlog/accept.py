@@ -54,6 +54,8 @@ class Outcome:
     """This event and any pending events it unblocked, in the order they were stored."""
     dropped: list[tuple[bytes, str]] = field(default_factory=list)
     """Pending events that turned out invalid once their turn came: ``(id, reason)``."""
+    heads: dict[bytes, int] = field(default_factory=dict)
+    """Highest seq per author among the events offered (stored, duplicate or parked)."""
 
 
 class Log:
@@ -183,6 +185,8 @@ class Log:
                 verify_signature(event.author, event.sig, event.signed)
                 tails.add(i)
         outcome = Outcome(Status.DUPLICATE, events[0].id if events else b"")
+        for event in events:
+            outcome.heads[event.author] = max(outcome.heads.get(event.author, 0), event.seq)
         now = now_ms()
         with self.store.atomic():
             for i, event in enumerate(events):

@@ -48,9 +48,7 @@ class ReplicaPort(LogPortBase):
     """A full replica as the sync protocol sees it."""
 
     def __init__(self, replica: Replica) -> None:
-        super().__init__(
-            replica.log, lambda raws: len(replica.engine.accept_remote_batch(raws).accepted)
-        )
+        super().__init__(replica.log, replica.engine.accept_remote_batch)
 
     def may_connect(self, peer: bytes, role: str, initiator: bool) -> bool:
         if initiator and (role == "relay" or not self.log.roster):

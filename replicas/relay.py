@@ -22,7 +22,7 @@ from typing import Final
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from eventlog.accept import Log
+from eventlog.accept import Log, Outcome
 from eventlog.crypto import SigningKey
 from eventlog.errors import ShoalError
 from eventlog.store import Store
@@ -51,19 +51,19 @@ class RelayVault:
     quota: int
     wakeups: set[asyncio.Event] = field(default_factory=set)
 
-    def accept(self, raws: list[bytes]) -> int:
+    def accept(self, raws: list[bytes]) -> Outcome:
         """Accept a batch within the quota, which counts stored and pending (parked) bytes."""
         size = sum(len(r) for r in raws)
         if self.bytes_used + size > self.quota:
             raise ProtocolError(
                 CloseCode.QUOTA_EXCEEDED, f"vault quota of {self.quota} bytes reached"
             )
-        stored = self.log.accept_batch(raws).accepted
+        outcome = self.log.accept_batch(raws)
         self.bytes_used = self.log.store.bytes_held()
-        if stored:
+        if outcome.accepted:
             for wakeup in self.wakeups:
                 wakeup.set()
-        return len(stored)
+        return outcome
 
 
 class RelayPort(LogPortBase):

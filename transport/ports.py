@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from eventlog.accept import Log
+from eventlog.accept import Log, Outcome
 from eventlog.membership import ROLE_INVITE
 from transport.messages import MAX_BATCH_EVENTS
 from transport.session import BATCH_TARGET_BYTES, BATCH_TARGET_EVENTS
@@ -18,7 +18,7 @@ from transport.session import BATCH_TARGET_BYTES, BATCH_TARGET_EVENTS
 class LogPortBase:
     """Serves and accepts raw events through a ``Log``; authorizes by the roster."""
 
-    def __init__(self, log: Log, accept: Callable[[list[bytes]], int] | None = None) -> None:
+    def __init__(self, log: Log, accept: Callable[[list[bytes]], Outcome] | None = None) -> None:
         self.log = log
         self._accept = accept
 
@@ -35,10 +35,10 @@ class LogPortBase:
         )
         return [row.raw for row in rows[:MAX_BATCH_EVENTS]]
 
-    def accept_batch(self, raws: list[bytes]) -> int:
+    def accept_batch(self, raws: list[bytes]) -> Outcome:
         if self._accept is not None:
             return self._accept(raws)
-        return len(self.log.accept_batch(raws).accepted)
+        return self.log.accept_batch(raws)
 
     def event_at(self, author: bytes, seq: int) -> bytes | None:
         row = self.log.store.event_at(author, seq)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Protocol
 
+from eventlog.accept import Outcome
 from eventlog.crypto import SigningKey, signature_ok
-from eventlog.envelope import decode_event
 from eventlog.errors import (
     DecodeError,
     IntegrityError,
@@ -74,8 +74,8 @@ class LogPort(Protocol):
         """Raw events ``first..`` (at most ``last``) of one author, ending at an anchor."""
         ...
 
-    def accept_batch(self, raws: list[bytes]) -> int:
-        """Store a batch through the accept path; how many were new. Raises ShoalError."""
+    def accept_batch(self, raws: list[bytes]) -> Outcome:
+        """Store a batch through the accept path. Raises ShoalError."""
         ...
 
     def may_connect(self, peer: bytes, role: str, initiator: bool) -> bool: ...
@@ -279,7 +279,7 @@ class Session:
         if len(raws) > MAX_BATCH_EVENTS:
             raise ProtocolError(CloseCode.FRAME_TOO_LARGE, "batch too long")
         try:
-            stored = self.port.accept_batch(raws)
+            outcome = self.port.accept_batch(raws)
         except PendingFullError as exc:
             raise ProtocolError(CloseCode.RATE_LIMITED, str(exc)) from exc
         except (DecodeError, IntegrityError, MembershipError) as exc:
@@ -289,16 +289,11 @@ class Session:
         except ShoalError as exc:
             raise ProtocolError(CloseCode.INTERNAL, str(exc)) from exc
         self.stats.events_received += len(raws)
-        self.stats.events_stored += stored
-        self._note_peer_holds(raws)
+        self.stats.events_stored += len(outcome.accepted)
+        for author, seq in outcome.heads.items():  # the peer holds what it sent: no echo
+            if seq > self.peer_heads.get(author, 0):
+                self.peer_heads[author] = seq
         return [Ack(batch)]
-
-    def _note_peer_holds(self, raws: list[bytes]) -> None:
-        """The peer sent these, so it holds them: never echo them back."""
-        for raw in raws:
-            event = decode_event(raw)
-            if event.seq > self.peer_heads.get(event.author, 0):
-                self.peer_heads[event.author] = event.seq
 
     def _pump(self) -> list[Message]:
         """Send what the peer lacks, up to the flow-control window."""
