@@ -74,12 +74,13 @@ def test_snapshot_bounds_replay_and_matches_log(make_replica) -> None:
     b = open_replica(home)
     try:
         snap_rowid, since = b.store.query_one(  # type: ignore[misc]
-            "SELECT snapshot_rowid, since_snapshot FROM docs WHERE doc = ?", (doc,)
+            "SELECT upto_rowid, since_snapshot FROM snapshots JOIN docs USING (doc) WHERE doc = ?",
+            (doc,),
         )
         assert snap_rowid > 0 and since == 0  # close() snapshotted: open replays nothing
         assert str(b.engine.open(doc).body) == expected
         # A document opened from an older snapshot plus a tail is the same document.
-        b.store.conn.execute("UPDATE docs SET snapshot = NULL, snapshot_rowid = 0")
+        b.store.conn.execute("DELETE FROM snapshots")
         b.engine._live.clear()
         assert str(b.engine.open(doc).body) == expected
     finally:
