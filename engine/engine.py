@@ -78,8 +78,11 @@ class Engine:
         self._live: OrderedDict[bytes, LiveDoc] = OrderedDict()
         self._wakeups: set[asyncio.Event] = set()
         migrate(self.store.conn, "engine", "engine.migrations")
-        self.store.rollback_hooks.append(self._live.clear)
+        self.store.rollback_hooks.append(self._rolled_back)
         self.store.external_change_hooks.append(self._refresh_live)
+        self._applied = 0
+        """Highest rowid applied in the open transaction; written once, at commit."""
+        self.store.pre_commit_hooks.append(self._write_applied)
         self.catch_up()
 
     @property
@@ -232,6 +235,10 @@ class Engine:
         self._notify()
         return outcome
 
+    def _rolled_back(self) -> None:
+        self._live.clear()
+        self._applied = 0
+
     def accept_remote_batch(self, raws: list[bytes]) -> Outcome:
         """A batch from a peer (segment-verified, see ``Log.accept_batch``), then applied."""
         with self.store.atomic():
@@ -308,9 +315,7 @@ class Engine:
                 self.store.conn.execute(
                     "INSERT OR REPLACE INTO replica_names VALUES (?, ?)", (event.author, name)
                 )
-        self.store.conn.execute(
-            "UPDATE engine_state SET value = max(value, ?) WHERE key = 'applied_upto'", (rowid,)
-        )
+        self._applied = max(self._applied, rowid)
 
     @staticmethod
     def _public(event: Event) -> Payload | None:
@@ -435,6 +440,14 @@ class Engine:
             with self.store.atomic():
                 self._snapshot(old, force=False)
             del self._live[old_id]
+
+    def _write_applied(self) -> None:
+        if self._applied:
+            self.store.conn.execute(
+                "UPDATE engine_state SET value = max(value, ?) WHERE key = 'applied_upto'",
+                (self._applied,),
+            )
+            self._applied = 0
 
     def _applied_upto(self) -> int:
         row = self.store.query_one("SELECT value FROM engine_state WHERE key = 'applied_upto'")

@@ -93,6 +93,10 @@ class Store:
         self.external_change_hooks: list[Callable[[], None]] = []
         """Called when another process committed since our last transaction (for example a
         ``shoal append`` while ``shoal serve`` runs): caches of the database are stale."""
+        self.pre_commit_hooks: list[Callable[[], None]] = []
+        """Called inside the transaction just before COMMIT: write-once-per-transaction rows."""
+        self._dirty_heads: dict[bytes, Head] = {}
+        """Heads moved in this transaction, written once at commit rather than per event."""
         self._data_version: int | None = None
         self._event_bytes: int | None = None
 
@@ -115,6 +119,9 @@ class Store:
             conn.execute("PRAGMA synchronous = FULL")
             store = cls(conn, path)
             migrate(conn, "eventlog", "eventlog.migrations")
+            # Baseline before anyone builds caches: a commit by another process after this
+            # point is seen by the first transaction (poll_external_change).
+            store.poll_external_change()
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open {path}: {exc}") from exc
         return store
@@ -140,11 +147,15 @@ class Store:
         self._depth = 1
         try:
             yield
+            self._write_heads()
+            for hook in self.pre_commit_hooks:
+                hook()
             self.conn.execute("COMMIT")
         except BaseException as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             self._pending_count = self._event_bytes = None
+            self._dirty_heads.clear()
             for hook in self.rollback_hooks:
                 hook()
             if isinstance(exc, sqlite3.Error):
@@ -219,31 +230,36 @@ class Store:
                 int(anchor),
             ),
         )
-        self.conn.execute(
-            "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
-            (event.author, event.seq, event.id, event.lamport),
-        )
+        self._dirty_heads[event.author] = Head(event.seq, event.id, event.lamport)
         assert cur.lastrowid is not None
         if self._event_bytes is not None:
             self._event_bytes += len(event.raw)
         return cur.lastrowid
 
+    def _write_heads(self) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
+            [(a, h.seq, h.id, h.lamport) for a, h in self._dirty_heads.items()],
+        )
+        self._dirty_heads.clear()
+
     def head(self, author: bytes) -> Head | None:
+        dirty = self._dirty_heads.get(author)
+        if dirty is not None:
+            return dirty
         row = self.query_one("SELECT seq, id, lamport FROM heads WHERE author = ?", (author,))
         return None if row is None else Head(row[0], bytes(row[1]), row[2])
 
     def version_vector(self) -> dict[bytes, Head]:
         rows = self.query_all("SELECT author, seq, id, lamport FROM heads")
-        return {bytes(a): Head(s, bytes(i), lam) for a, s, i, lam in rows}
+        return {bytes(a): Head(s, bytes(i), lam) for a, s, i, lam in rows} | self._dirty_heads
 
     def max_lamport(self) -> int:
-        row = self.query_one("SELECT max(lamport) FROM heads")
-        return int(row[0]) if row and row[0] is not None else 0
+        return max((h.lamport for h in self.version_vector().values()), default=0)
 
     def event_count(self) -> int:
         """Logs are contiguous from seq 1, so the count is the sum of the heads."""
-        row = self.query_one("SELECT coalesce(sum(seq), 0) FROM heads")
-        return int(row[0]) if row else 0
+        return sum(h.seq for h in self.version_vector().values())
 
     def event_at(self, author: bytes, seq: int) -> StoredEvent | None:
         row = self.query_one(
