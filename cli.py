@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -107,6 +108,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (
 def main(ctx: click.Context, home: Path | None) -> None:
     """shoal: your documents on all your machines, encrypted, signed and in agreement."""
     ctx.obj = Context(home if home is not None else default_home())
+    # One-shot commands report failures as one line; daemons turn logging on (-v).
+    logging.getLogger("shoal").setLevel(logging.ERROR)
 
 
 # --- vault ------------------------------------------------------------------------------------
@@ -452,8 +455,7 @@ def parse_duration(text: str) -> float:
 
 
 def _setup_logging(verbose: bool) -> None:
-    import logging
-
+    logging.getLogger("shoal").setLevel(logging.NOTSET)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -166,8 +166,8 @@ class Log:
         stored as an *anchor*; batches we serve end at anchors, so every peer can use the
         same argument on what we send (``Store.serving_batch``).
 
-        Raises a typed error for the first invalid event; the events before it stay stored
-        (they were valid), nothing after it is looked at.
+        Raises a typed error for the first invalid event, and then nothing of the batch is
+        stored (it is one transaction): the peer is closed and resends from version vectors.
         """
         events = [decode_event(raw) for raw in raws]
         for event in events:

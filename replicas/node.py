@@ -43,6 +43,10 @@ POLL_S: Final = 0.2
 class SyncError(ShoalError):
     exit_code = 6
 
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 class ReplicaPort(LogPortBase):
     """A full replica as the sync protocol sees it."""
@@ -99,7 +103,9 @@ async def sync_once(
                 drive(ws, session, on_stored=on_stored, until_settled=True), timeout
             )
     if ending.code != CloseCode.NORMAL:
-        raise SyncError(f"sync with {url} failed: {ending.reason} (code {ending.code})")
+        raise SyncError(
+            f"sync with {url} failed: {ending.reason} (code {ending.code})", ending.code
+        )
     return SyncResult(
         session.stats, session.peer, session.peer_role, session.peer_have, session.proofs
     )

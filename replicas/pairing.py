@@ -24,8 +24,9 @@ from eventlog.errors import NotFoundError, ShoalError
 from eventlog.membership import ROLE_FULL, ROLE_INVITE, ROLE_OWNER
 from replicas.delegates import RECOVERY_FILE, SECRET_BYTES, delegate_keys
 from replicas.home import Home, read_secret
-from replicas.node import sync_once
+from replicas.node import SyncError, sync_once
 from replicas.vault import Replica, discard_home, join_vault
+from transport.messages import CloseCode
 
 INVITE_PREFIX: Final = "shoal-invite-"
 RECOVERY_PREFIX: Final = "shoal-recovery-"
@@ -72,12 +73,22 @@ class Invite:
 
 async def create_invite(replica: Replica, url: str, expires_s: float) -> Invite:
     """Admit a one-time invite key and publish it to ``url`` so the joiner can connect."""
+    await _publish(replica, url)  # first: an unreachable URL must leave no invite behind
     secret = os.urandom(SECRET_BYTES)
     signer, kx = delegate_keys(secret)
     expires_ms = int((time.time() + expires_s) * 1000)
     replica.engine.add_member(signer.public, kx.public, ROLE_INVITE, expires_ms=expires_ms)
-    await sync_once(replica, url)
+    await _publish(replica, url)
     return Invite(url, replica.log.vault_id, secret, expires_ms)
+
+
+async def _publish(replica: Replica, url: str) -> None:
+    """Sync with ``url``; if it is our own ``serve`` daemon, it already serves our log."""
+    try:
+        await sync_once(replica, url)
+    except SyncError as exc:
+        if exc.code != CloseCode.SELF:
+            raise
 
 
 async def redeem(

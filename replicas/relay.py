@@ -132,6 +132,16 @@ class Relay:
         self.vaults[vault_id] = vault
         return vault
 
+    def _forget_if_empty(self, vault: RelayVault) -> None:
+        """A vault nobody uploaded a genesis to leaves nothing behind (no squatting)."""
+        if vault.wakeups or vault.log.store.event_count() or vault.log.store.pending_count():
+            return
+        vault.log.store.close()
+        del self.vaults[vault.vault_id]
+        path = self.data / "vaults" / f"{vault.vault_id.hex()}.db"
+        for extra in ("", "-wal", "-shm"):
+            path.with_name(path.name + extra).unlink(missing_ok=True)
+
     def close(self) -> None:
         for vault in self.vaults.values():
             vault.log.store.close()
@@ -184,6 +194,7 @@ class Relay:
             request.app["sockets"].discard(ws)
             self.connections -= 1
             self.m_connections.dec()
+            self._forget_if_empty(vault)
         self.m_events_sent.inc(session.stats.events_sent)
         self.m_closed.labels(code=str(ending.code)).inc()
         log.info(

@@ -441,7 +441,7 @@ def test_version_and_self_connection(trio: list[Replica]) -> None:
     x.start()
     hello = Hello(PROTOCOL_VERSION + 1, a.log.vault_id, os.urandom(32), "full", bytes(32))
     refusal(lambda: x.receive(encode(hello)), CloseCode.VERSION)
-    refusal(Wire(session(a, True), session(a, False)).start().settle, CloseCode.AUTH_FAILED)
+    refusal(Wire(session(a, True), session(a, False)).start().settle, CloseCode.SELF)
 
 
 def test_peer_error_frame_closes(trio: list[Replica]) -> None:

@@ -43,6 +43,8 @@ class CloseCode(IntEnum):
     RATE_LIMITED = 4429
     QUOTA_EXCEEDED = 4507
     TOO_MANY_CONNECTIONS = 4503
+    SELF = 4409
+    """Both ends are the same replica (``invite --peer`` pointed at our own daemon)."""
     VERSION = 4426
 
 

@@ -245,7 +245,7 @@ class Session:
         if hello.vault != self.port.vault_id:
             raise ProtocolError(CloseCode.UNKNOWN_VAULT, "peer is in another vault")
         if hello.replica == self.signer.public:
-            raise ProtocolError(CloseCode.AUTH_FAILED, "connected to myself")
+            raise ProtocolError(CloseCode.SELF, "connected to myself")
         self.peer, self.peer_role, self._peer_challenge = hello.replica, hello.role, hello.challenge
         transcript = auth_transcript(
             self.port.vault_id, hello.challenge, self.signer.public, hello.replica

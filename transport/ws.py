@@ -64,12 +64,13 @@ async def drive(
             await ws.send_bytes(frame)
         return await _loop(ws, session, changed, on_stored, until_settled)
     except ProtocolError as exc:
-        log.warning("closing connection to %s: %s", _peer(session), exc)
+        by_peer = exc.reason.startswith("peer closed")
+        (log.info if by_peer else log.warning)("connection to %s ends: %s", _peer(session), exc)
         if not ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_bytes(session.error_frame(exc.code, exc.reason))
             await ws.close(code=int(exc.code), message=exc.reason[:120].encode())
-        return Ending(int(exc.code), exc.reason, by_peer=exc.reason.startswith("peer closed"))
+        return Ending(int(exc.code), exc.reason, by_peer=by_peer)
     except (ConnectionError, aiohttp.ClientError) as exc:
         return Ending(int(CloseCode.GOING_AWAY), f"connection lost: {exc}", by_peer=True)
 

@@ -287,11 +287,6 @@ def test_concurrent_writers_on_one_home_while_it_serves(procs: Procs, tmp_path: 
     verify_clean(a)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`shoal invite --peer` to the inviter's own `serve` fails: connected to myself "
-    "(replicas/pairing.py create_invite)",
-)
 def test_invite_through_my_own_lan_daemon(procs: Procs, tmp_path: Path) -> None:
     """On a LAN without a relay the peer to join through is the inviter's own daemon."""
     a, b = tmp_path / "a", tmp_path / "b"
@@ -529,11 +524,6 @@ def test_a_non_member_is_refused(procs: Procs, tmp_path: Path) -> None:
     assert get_json(server_a.url + "/health")["status"] == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refused `sync`/`join` print the transport's logging warning as well as the error "
-    "line (transport/ws.py drive logs 'closing connection' via the logging last resort)",
-)
 def test_refusals_are_one_line_on_stderr(procs: Procs, tmp_path: Path) -> None:
     relay = procs.relay(tmp_path / "relay")
     a = tmp_path / "a"
@@ -555,11 +545,6 @@ def test_an_unreachable_url_is_one_clear_line(tmp_path: Path) -> None:
     assert "cannot reach" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed `shoal invite` leaves a live invite member in the log "
-    "(replicas/pairing.py create_invite appends before it syncs)",
-)
 def test_a_failed_invite_changes_nothing(tmp_path: Path) -> None:
     a = tmp_path / "a"
     shoal(a, "init", "--name", "a")
@@ -664,11 +649,6 @@ def test_malformed_frames_close_the_connection(procs: Procs, tmp_path: Path) -> 
     assert health["status"] == "ok" and health["vaults"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the relay creates a vault database for any unauthenticated connection "
-    "(replicas/relay.py Relay.handle_sync calls self.vault() before the handshake)",
-)
 def test_unauthenticated_connections_store_nothing(procs: Procs, tmp_path: Path) -> None:
     data = tmp_path / "relay"
     relay = procs.relay(data)
