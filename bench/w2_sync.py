@@ -251,7 +251,7 @@ def timed_child(args: list[str], cwd: Path) -> tuple[float, int, str, str, int]:
 def serving(home: Path, logs: Path) -> Iterator[Child]:
     child = Child(
         [*shoal_command(), "--home", str(home), "serve", "--listen", "127.0.0.1:0"],
-        "shoal serve listening on",
+        "listening on http://",
         logs,
     )
     try:

@@ -95,7 +95,7 @@ def serve(home: Path, relay: str, logs: Path) -> Child:
             "--listen",
             "127.0.0.1:0",
         ],
-        "shoal serve listening on",
+        "listening on http://",
         logs,
     )
 
