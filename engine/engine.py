@@ -1,16 +1,15 @@
 """The engine: local edits become events, and events (local or remote) become documents.
 
 Write path: an edit is one pycrdt transaction on a live document; edits are *coalesced* — the
-next ``doc.update`` event merges the updates of the local transactions since the last flush
-(see ``documents.LiveDoc``), cut when ``max_edits`` edits or ``max_delay`` seconds have
-accumulated, or on ``flush()`` / ``close()`` — so typing costs one signature per burst, not
-per keystroke.
+next ``doc.update`` event is the diff since the last flush (see ``documents.LiveDoc``), cut
+when ``max_edits`` edits or ``max_delay`` seconds have accumulated, or on ``flush()`` /
+``close()`` — so typing costs one signature per burst, not per keystroke.
 
 Read path: every stored event goes through :meth:`Engine._apply`, whichever replica wrote it.
 Our own flushed events are echoes (the live document already holds them) and are not applied
-twice; everything else is decrypted and merged through ``LiveDoc.apply_from_log``, which keeps
-it out of the capture of local edits, so an event never carries someone else's changes under
-our name. Every derived row is written in the same transaction as the event it comes from.
+twice; everything else is decrypted and merged through ``LiveDoc.apply_from_log`` after the
+document's pending local edits are flushed, so an event never carries someone else's changes
+under our name. Every derived row is written in the same transaction as the event it comes from.
 """
 
 from __future__ import annotations
@@ -258,9 +257,9 @@ class Engine:
             if not live.dirty:
                 del self._live[doc_id]
                 continue
+            pending = live.doc.get_update(live.flushed_state)
             fresh = self._load(doc_id, upto=None)
-            for update in live.pending:
-                fresh.doc.apply_update(update)  # captured again, as local edits
+            fresh.doc.apply_update(pending)  # after the flush point: still ours to write
             fresh.edits, fresh.dirty_since = live.edits, live.dirty_since
             self._live[doc_id] = fresh
 
@@ -334,6 +333,8 @@ class Engine:
             live = self._load(doc_id, upto=accepted.rowid)
             self._remember(live)
         elif echo is None:
+            if live.dirty:
+                self.flush(doc_id)  # our edits first, so the next diff is only ours
             live.apply_from_log(update)
         live.last_rowid = max(live.last_rowid, accepted.rowid)
         self._write_summary(live, accepted)
