@@ -88,31 +88,21 @@ def author_event(
 ) -> Event:
     """Seal (unless ``epoch`` is 0), sign and assemble one event."""
     plaintext = encode_payload(payload)
-    if epoch == 0:
-        header = Header(
-            vault,
-            signer.public,
-            position.seq,
-            position.prev,
-            position.lamport,
-            time_ms,
-            epoch,
-            kind,
-            b"",
-        )
-        body = plaintext
-    else:
-        header = Header(
-            vault,
-            signer.public,
-            position.seq,
-            position.prev,
-            position.lamport,
-            time_ms,
-            epoch,
-            kind,
-            new_salt(),
-        )
-        body = seal(keyring.events_key(epoch), header.nonce, plaintext, header.associated_data())
+    header = Header(
+        vault,
+        signer.public,
+        position.seq,
+        position.prev,
+        position.lamport,
+        time_ms,
+        epoch,
+        kind,
+        new_salt() if epoch else b"",
+    )
+    body = (
+        seal(keyring.events_key(epoch), header.nonce, plaintext, header.associated_data())
+        if epoch
+        else plaintext
+    )
     signed = encode_signed(header, body)
     return assemble(header, body, signer.sign(signed), signed)
