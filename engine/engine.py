@@ -51,7 +51,7 @@ MAX_DELAY_S: Final = 0.25
 """Longest a local edit waits before it becomes an event (bounded coalescing delay)."""
 MAX_EDITS: Final = 4096
 """Most edits one event carries; bounds event size for fast typists and bulk edits."""
-SNAPSHOT_EVERY: Final = 256
+SNAPSHOT_EVERY: Final = 64
 """Updates applied to a document between snapshots; bounds the replay on open."""
 MAX_LIVE_DOCS: Final = 64
 
