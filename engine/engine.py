@@ -167,7 +167,7 @@ class Engine:
         rows = self.store.query_all("SELECT rowid FROM event_index WHERE type IS NULL")
         with self.store.atomic():
             for (rowid,) in rows:
-                self._apply(Accepted(rowid, self.store_event(rowid)), None, None)
+                self._apply(Accepted(rowid, self._stored_event(rowid)), None, None)
         self._notify()
 
     def _edited(self, live: LiveDoc) -> None:
@@ -273,11 +273,10 @@ class Engine:
                 return applied
             with self.store.atomic():
                 for row in rows:
-                    event = self.store_event(row.rowid)
-                    self._apply(Accepted(row.rowid, event), None, None)
+                    self._apply(Accepted(row.rowid, decode_event(row.raw)), None, None)
                     applied += 1
 
-    def store_event(self, rowid: int) -> Event:
+    def _stored_event(self, rowid: int) -> Event:
         row = self.store.event_by_rowid(rowid)
         if row is None:
             raise NotFoundError(f"no event at rowid {rowid}")

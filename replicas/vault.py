@@ -12,7 +12,6 @@ from engine.engine import Engine
 from eventlog.accept import Log, now_ms
 from eventlog.crypto import KxKey, SigningKey, random_key, wrap_key
 from eventlog.envelope import ZERO32, Kind
-from eventlog.errors import ShoalError
 from eventlog.membership import (
     ROLE_OWNER,
     genesis_payload,
@@ -143,5 +142,3 @@ def join_vault(home: Home, vault_id: bytes, signer: SigningKey, kx: KxKey, name:
     engine = Engine(Log(store), signer, Keyring())
     return Replica(home, engine, kx)
 
-
-__all__ = ["Replica", "ShoalError", "init_vault", "join_vault", "open_replica", "opened"]
