@@ -66,16 +66,17 @@ class Log:
         self.vault_id = store.vault_id
         self._roster: dict[bytes, Member] = store.members()
         self._frozen: set[bytes] = store.frozen_authors()
-        self._lamport = store.max_lamport()
-        self._heads: dict[bytes, Head] = {}
+        self._heads: dict[bytes, Head] = store.version_vector()
+        """The version vector, kept in memory: sync sessions read it on every push."""
+        self._lamport = max((h.lamport for h in self._heads.values()), default=0)
         store.rollback_hooks.append(self._reload)
         store.external_change_hooks.append(self._reload)
 
     def _reload(self) -> None:
         self._roster = self.store.members()
         self._frozen = self.store.frozen_authors()
-        self._lamport = self.store.max_lamport()
-        self._heads.clear()
+        self._heads = self.store.version_vector()
+        self._lamport = max((h.lamport for h in self._heads.values()), default=0)
 
     def refresh(self) -> None:
         """Pick up what other processes committed (cheap when nothing changed)."""
@@ -90,12 +91,10 @@ class Log:
         return set(self._frozen)
 
     def head(self, author: bytes) -> Head | None:
-        cached = self._heads.get(author)
-        if cached is None:
-            cached = self.store.head(author)
-            if cached is not None:
-                self._heads[author] = cached
-        return cached
+        return self._heads.get(author)
+
+    def version_vector(self) -> dict[bytes, Head]:
+        return dict(self._heads)
 
     # --- local writes -----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from transport.messages import (
 )
 from transport.session import (
     ACK_TIMEOUT_S,
+    BATCH_TARGET_EVENTS,
     FRAME_BURST,
     HANDSHAKE_TIMEOUT_S,
     WINDOW,
@@ -561,7 +562,7 @@ def test_an_equivocation_arriving_by_sync_is_kept_and_freezes_the_author(
 
 def test_a_peer_that_never_acks_gets_at_most_window_batches(trio: list[Replica]) -> None:
     a, b, _ = trio
-    bulk(a, 6000)
+    bulk(a, (WINDOW + 2) * BATCH_TARGET_EVENTS)
     clock = Clock()
     wire = Wire(session(a, True, clock=clock), session(b, False, clock=clock))
     _, have_y = wire.handshake_only()
@@ -575,7 +576,7 @@ def test_a_peer_that_never_acks_gets_at_most_window_batches(trio: list[Replica])
         assert len(in_flight) <= WINDOW
 
     sent(wire.x.receive(have_y[0]))
-    assert len(in_flight) == WINDOW  # 6000 events need more than WINDOW batches
+    assert len(in_flight) == WINDOW  # more events than WINDOW batches hold
     # However often it is woken, and whatever else the peer says, nothing more goes out.
     for _ in range(20):
         sent(wire.x.local_changed())

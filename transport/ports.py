@@ -27,7 +27,7 @@ class LogPortBase:
         return self.log.vault_id
 
     def version_vector(self) -> dict[bytes, tuple[int, bytes]]:
-        return {a: (h.seq, h.id) for a, h in self.log.store.version_vector().items()}
+        return {a: (h.seq, h.id) for a, h in self.log.version_vector().items()}
 
     def serving_batch(self, author: bytes, first: int, last: int) -> list[bytes]:
         rows = self.log.store.serving_batch(

@@ -54,7 +54,8 @@ from transport.messages import (
 
 WINDOW: Final = 8
 """Batches in flight before the sender waits for acknowledgements (flow control)."""
-BATCH_TARGET_EVENTS: Final = 512
+BATCH_TARGET_EVENTS: Final = MAX_BATCH_EVENTS
+"""Anchors are at most MAX_BATCH_EVENTS apart, so a full-size batch always ends at one."""
 BATCH_TARGET_BYTES: Final = 1024 * 1024
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 ACK_TIMEOUT_S: Final = 60.0
