@@ -141,4 +141,3 @@ def join_vault(home: Home, vault_id: bytes, signer: SigningKey, kx: KxKey, name:
     store.set_fact("vault_id", vault_id)
     engine = Engine(Log(store), signer, Keyring())
     return Replica(home, engine, kx)
-
