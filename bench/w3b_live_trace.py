@@ -29,7 +29,6 @@ trace (~10 s of typing) and a lot on ``--quick`` (~0.4 s of typing).
 
 from __future__ import annotations
 
-import gzip
 import json
 import sqlite3
 import subprocess
@@ -39,45 +38,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pycrdt import Doc, Text
-
 from bench._common import now, parser, progress, report, verdict
+from bench.trace import QUICK_PATCHES, TRACE, Patch, load_trace, run_pycrdt
 from bench.w2_sync import Child, add_member, db_heads, shoal_command, start_relay
 from replicas.home import Home
 from replicas.vault import init_vault, open_replica
 
 NAME = "w3b_live_trace"
 GOAL = 0.7
-TRACE = Path("/work/shared/data/automerge-paper.json.gz")
-QUICK_PATCHES = 30_000
 POLL_S = 0.005
 TIMEOUT_S = 600.0
-
-Patch = tuple[int, int, str]
-
-
-def load_trace(path: Path) -> tuple[str, str, list[Patch]]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        data: dict[str, Any] = json.load(fh)
-    patches = [(int(p), int(d), str(s)) for txn in data["txns"] for p, d, s in txn["patches"]]
-    return data["startContent"], data["endContent"], patches
-
-
-def run_pycrdt(start: str, patches: list[Patch]) -> tuple[float, str]:
-    """Seconds for plain pycrdt, one transaction per patch; and the resulting text."""
-    t0 = now()
-    doc: Doc = Doc()  # type: ignore[type-arg]
-    text = doc.get("body", type=Text)
-    if start:
-        with doc.transaction():
-            text.insert(0, start)
-    for pos, delete, insert in patches:
-        with doc.transaction():
-            if delete:
-                del text[pos : pos + delete]
-            if insert:
-                text.insert(pos, insert)
-    return now() - t0, str(text)
 
 
 def health(url: str) -> dict[str, Any]:

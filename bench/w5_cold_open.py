@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import OUT_DIR, REPO_ROOT, median, now, parser, progress, report, verdict
-from bench.w3a_trace import TRACE, Patch, load_trace, run_pycrdt
+from bench.trace import TRACE, Patch, load_trace, run_pycrdt
 from engine.engine import SNAPSHOT_EVERY, Engine
 from replicas.home import Home
 from replicas.vault import init_vault, open_replica
