@@ -18,7 +18,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from engine import documents
 from engine.documents import DOC_ID_BYTES, LiveDoc
@@ -54,6 +54,14 @@ MAX_EDITS: Final = 4096
 SNAPSHOT_EVERY: Final = 64
 """Updates applied to a document between snapshots; bounds the replay on open."""
 MAX_LIVE_DOCS: Final = 64
+
+
+class Record(NamedTuple):
+    """One stored event with its opened payload (``None``: sealed under a key we lack)."""
+
+    rowid: int
+    event: Event
+    payload: Payload | None
 
 
 class Engine:
@@ -213,6 +221,38 @@ class Engine:
             for accepted in unblocked:
                 self._apply(accepted, None, None)
         return ours
+
+    def append_record(self, payload: Payload) -> Accepted:
+        """Append one sealed event of ours carrying ``payload`` (a map with a string ``t``).
+
+        The way layers above the engine (files, processors) write their own record types;
+        document edits go through the coalescing path instead.
+        """
+        if payload.get("t") == T_DOC_UPDATE:
+            raise WrongTypeError("doc.update is written by the edit path, not append_record")
+        accepted = self._append(payload)
+        self._notify()
+        return accepted
+
+    def records_after(self, rowid: int, limit: int = 1000) -> list[Record]:
+        """Stored events after local ``rowid``, each with its payload opened (None if it can't be).
+
+        Derived state that lives above the engine (job tables, search indexes) folds these
+        behind a cursor of its own, so it can be rebuilt from the log like everything else.
+        """
+        records = []
+        for row in self.store.events_after(rowid, limit):
+            event = decode_event(row.raw)
+            payload: Payload | None
+            if event.kind == Kind.DATA:
+                try:
+                    payload = self.keyring.open_payload(event)
+                except (IntegrityError, DecodeError):
+                    payload = None
+            else:
+                payload = self._public(event)
+            records.append(Record(row.rowid, event, payload))
+        return records
 
     def close(self) -> None:
         """Flush everything, snapshot what changed, release the database."""
