@@ -28,6 +28,7 @@ from replicas import inspect
 from replicas.home import Home, default_home
 from replicas.vault import Replica, init_vault, opened
 
+DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 P = ParamSpec("P")
 R = TypeVar("R")
 SHORT = 12
@@ -490,6 +491,8 @@ def relay(data: Path, listen: str, quota: int, max_connections: int, verbose: bo
 @click.option("--relay", "relays", multiple=True, help="Relay URL (repeatable).")
 @click.option("--peer", "peers", multiple=True, help="Peer URL (repeatable).")
 @click.option("--discover", is_flag=True, help="Find LAN peers of this vault with mDNS.")
+@click.option("--watch", "watch_dirs", multiple=True, type=DIR, help="Ingest this folder live.")
+@click.option("--mirror", "mirror_dirs", multiple=True, type=DIR, help="Keep this folder two-way.")
 @click.option("-v", "--verbose", is_flag=True, help="Log connections.")
 @pass_ctx
 @guarded
@@ -499,6 +502,8 @@ def serve(
     relays: tuple[str, ...],
     peers: tuple[str, ...],
     discover: bool,
+    watch_dirs: tuple[Path, ...],
+    mirror_dirs: tuple[Path, ...],
     verbose: bool,
 ) -> None:
     """Sync live with peers and relays until interrupted."""
@@ -506,11 +511,171 @@ def serve(
 
     from replicas.node import serve_node
     from replicas.relay import parse_listen
+    from replicas.watching import open_folders
 
     _setup_logging(verbose)
     bind = parse_listen(listen, 7421) if listen else None
     with ctx.replica() as replica:
-        asyncio.run(serve_node(replica, bind, list(relays), list(peers), discover))
+        folders = open_folders(replica, list(watch_dirs), list(mirror_dirs), _report)
+        asyncio.run(serve_node(replica, bind, list(relays), list(peers), discover, folders))
+
+
+def _report(line: str) -> None:
+    err.print(f"shoal: {line}", markup=False)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@json_option
+@pass_ctx
+@guarded
+def add(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Store files (or whole folders) in the vault; a folder's files keep their paths in it."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
+
+    from replicas.folders import Folder, ScanResult
+    from replicas.watching import summary
+
+    total = ScanResult()
+    with (
+        ctx.replica() as replica,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+            disable=as_json or not err.is_terminal,
+        ) as bar,
+    ):
+        for path in paths:
+            task = bar.add_task(path.name or str(path), total=None)
+            if path.is_dir():
+                folder = Folder(replica, path, report=_report)
+
+                def advance(done: int, size: int, task: TaskID = task) -> None:
+                    bar.update(task, completed=done, total=size)
+
+                result = folder.scan(advance)
+            else:
+                folder = Folder(replica, path.resolve().parent, report=_report)
+                result = ScanResult()
+                with replica.store.atomic():
+                    folder.ingest(path.resolve(), result)
+            for name in (
+                "added",
+                "changed",
+                "deleted",
+                "renamed",
+                "unchanged",
+                "skipped",
+                "new_bytes",
+            ):
+                setattr(total, name, getattr(total, name) + getattr(result, name))
+            total.problems += result.problems
+    if as_json:
+        emit_json({k: v for k, v in vars(total).items()})
+    else:
+        out.print(f"{summary(total)}; {total.new_bytes} new bytes stored")
+    if total.problems:
+        sys.exit(1)
+
+
+def _run_folders(ctx: Context, watch_dirs: list[Path], mirror_dirs: list[Path]) -> None:
+    import asyncio
+    import signal
+
+    from replicas.watching import open_folders, run_folders
+
+    _setup_logging(True)
+
+    async def run(replica: Replica) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        folders = open_folders(replica, watch_dirs, mirror_dirs, _report)
+        where = ", ".join(str(f.root) for f in folders)
+        print(f"shoal: following {where} (Ctrl-C stops; `shoal serve` also syncs)", flush=True)
+        await run_folders(replica, folders, stop)
+
+    with ctx.replica() as replica:
+        asyncio.run(run(replica))
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=DIR)
+@pass_ctx
+@guarded
+def watch(ctx: Context, dirs: tuple[Path, ...]) -> None:
+    """Ingest folders live (a startup scan catches what changed while shoal was off)."""
+    _run_folders(ctx, list(dirs), [])
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=DIR)
+@pass_ctx
+@guarded
+def mirror(ctx: Context, dirs: tuple[Path, ...]) -> None:
+    """Write the vault's files into folders and ingest edits made there, live."""
+    _run_folders(ctx, [], list(dirs))
+
+
+@main.command("files")
+@click.option("--deleted", is_flag=True, help="Also list deleted files.")
+@json_option
+@pass_ctx
+@guarded
+def files_command(ctx: Context, deleted: bool, as_json: bool) -> None:
+    """The vault's files: path, size, content hash, versions, document."""
+    from engine import files
+
+    with ctx.replica() as replica:
+        entries = files.file_entries(replica.store, deleted=deleted)
+    if as_json:
+        emit_json(
+            [
+                {
+                    "path": e.path,
+                    "size": e.size,
+                    "hash": e.hash.hex() if e.hash else None,
+                    "mime": e.mime,
+                    "versions": e.versions,
+                    "doc": e.doc_id.hex(),
+                    "deleted": e.deleted,
+                    "conflict": e.conflict,
+                    "text": e.text,
+                }
+                for e in entries
+            ]
+        )
+        return
+    table = Table("path", "size", "hash", "versions", "doc", "state", box=None)
+    for e in entries:
+        state = "deleted" if e.deleted else ("conflict" if e.conflict else "")
+        hash_hex = e.hash.hex()[:SHORT] if e.hash else ""
+        table.add_row(
+            e.path, f"{e.size:,}", hash_hex, str(e.versions), e.doc_id.hex()[:SHORT], state
+        )
+    out.print(table)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--at", "at", metavar="EVENT", help="The version made by this event.")
+@click.option(
+    "--out", "out_path", type=click.Path(path_type=Path), help="Write here (default: stdout)."
+)
+@pass_ctx
+@guarded
+def get(ctx: Context, target: str, at: str | None, out_path: Path | None) -> None:
+    """Write a file's content (any version) byte-exact."""
+    from replicas.filesout import resolve_file, write_version
+
+    with ctx.replica() as replica:
+        doc_id = resolve_file(replica, target)
+        write_version(replica, doc_id, at, out_path)
 
 
 @main.command()

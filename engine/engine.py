@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from engine import documents
+from engine import documents, files
 from engine.documents import DOC_ID_BYTES, LiveDoc
 from eventlog.accept import Accepted, Log, Outcome, now_ms
 from eventlog.crypto import KxKey, SigningKey, wrap_key
@@ -98,9 +98,11 @@ class Engine:
 
     # --- local writes -------------------------------------------------------------------------
 
-    def create_doc(self, title: str, text: str = "", tags: Iterable[str] = ()) -> bytes:
+    def create_doc(
+        self, title: str, text: str = "", tags: Iterable[str] = (), *, doc_id: bytes | None = None
+    ) -> bytes:
         """A new document; its first event is written at the next flush."""
-        doc_id = documents.new_doc_id()
+        doc_id = doc_id or documents.new_doc_id()
         live = LiveDoc(doc_id)
         documents.initialize(live, title, text, sorted(set(tags)), now_ms())
         self._remember(live)
@@ -116,6 +118,38 @@ class Engine:
         live = self.open(doc_id)
         documents.edit_text(live, len(live.body), 0, text)
         self._edited(live)
+
+    def merge_text(self, doc_id: bytes, new_text: str, base_state: bytes | None) -> bytes:
+        """Make the body say ``new_text`` as edits made *against* ``base_state``.
+
+        ``base_state`` is the document as it was when the text was last read out (a file
+        written to a folder, say); edits computed against it merge with everything that
+        happened since, instead of undoing it — the three-way merge that lets two replicas
+        edit one text file at once. Without a base the edits go against the current body.
+        The edits are flushed now; returns the document's new full state (the next base).
+        """
+        live = self.open(doc_id)
+        if base_state is None:
+            for offset, delete, insert in files.text_edits(str(live.body), new_text):
+                documents.edit_text(live, offset, delete, insert)
+        else:
+            from pycrdt import Doc, Text
+
+            fork: Doc = Doc()  # type: ignore[type-arg]
+            fork.apply_update(base_state)
+            body = fork.get(documents.BODY, type=Text)
+            start = fork.get_state()
+            edits = files.text_edits(str(body), new_text)
+            with fork.transaction():
+                for offset, delete, insert in edits:
+                    if delete:
+                        del body[offset : offset + delete]
+                    if insert:
+                        body.insert(offset, insert)
+            live.doc.apply_update(fork.get_update(start))
+        self._edited(live)
+        self.flush(doc_id)
+        return bytes(live.doc.get_update())
 
     def set_title(self, doc_id: bytes, title: str) -> None:
         live = self.open(doc_id)
@@ -334,18 +368,24 @@ class Engine:
                 note = str(exc)
         elif payload is None:
             payload = self._public(event)
-        doc_id = None
-        if payload is not None and payload.get("t") == T_DOC_UPDATE:
+        doc_id = update = None
+        kind = None if payload is None else payload.get("t")
+        if kind == T_DOC_UPDATE:
             try:
-                doc_id = field_bytes(payload, "doc", DOC_ID_BYTES)
-                update = field_bytes(payload, "u")
+                doc_id = field_bytes(payload, "doc", DOC_ID_BYTES)  # type: ignore[arg-type]
+                update = field_bytes(payload, "u")  # type: ignore[arg-type]
             except WrongTypeError as exc:
                 note, doc_id = str(exc), None
+        elif kind in files.FILE_TYPES:
+            try:
+                doc_id = files.apply_record(self.store.conn, rowid, event, payload)  # type: ignore[arg-type]
+            except DecodeError as exc:
+                note = str(exc)
         self.store.conn.execute(
             "INSERT OR REPLACE INTO event_index VALUES (?, ?, ?, ?, ?)",
             (rowid, None if payload is None else payload["t"], doc_id, len(event.raw), note),
         )
-        if doc_id is not None and note is None:
+        if update is not None and doc_id is not None and note is None:
             self._merge(doc_id, update, accepted, echo)
         elif payload is not None and payload.get("t") == T_REPLICA_PROFILE:
             name = payload.get("name")
@@ -462,8 +502,8 @@ class Engine:
     ) -> Iterable[tuple[int, bytes]]:
         rows = self.store.query_all(
             "SELECT e.rowid, e.raw FROM event_index i JOIN events e ON e.rowid = i.rowid"
-            " WHERE i.doc = ? AND i.rowid > ? AND i.rowid <= ? AND i.note IS NULL"
-            " ORDER BY i.rowid",
+            " WHERE i.doc = ? AND i.type = 'doc.update' AND i.rowid > ? AND i.rowid <= ?"
+            " AND i.note IS NULL ORDER BY i.rowid",
             (doc_id, after, upto if upto is not None else 2**62),
         )
         for rowid, raw in rows:
@@ -517,7 +557,16 @@ class Engine:
         """Drop every derived row and re-apply the whole log (derived state is disposable)."""
         self._live.clear()
         with self.store.atomic():
-            for table in ("event_index", "docs", "snapshots", "replica_names"):
+            for table in (
+                "event_index",
+                "docs",
+                "snapshots",
+                "replica_names",
+                "file_versions",
+                "file_bases",
+                "chunks",
+                "files",
+            ):
                 self.store.conn.execute(f"DELETE FROM {table}")
             self.store.conn.execute("UPDATE engine_state SET value = 0")
         return self.catch_up()

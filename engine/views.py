@@ -139,7 +139,8 @@ def state_at(store: Store, keyring: Keyring, doc: bytes, at: StoredEvent) -> Doc
     """
     rows = store.query_all(
         "SELECT e.raw FROM event_index i JOIN events e ON e.rowid = i.rowid"
-        " WHERE i.doc = ? AND i.note IS NULL AND (e.lamport < ? OR (e.lamport = ? AND"
+        " WHERE i.doc = ? AND i.type = 'doc.update' AND i.note IS NULL"
+        " AND (e.lamport < ? OR (e.lamport = ? AND"
         " e.author <= ?)) ORDER BY e.lamport, e.author",
         (doc, at.lamport, at.lamport, at.author),
     )

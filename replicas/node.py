@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 from aiohttp import web
@@ -30,6 +30,9 @@ from transport.messages import CloseCode
 from transport.ports import LogPortBase, member_may_connect
 from transport.session import Session, Stats
 from transport.ws import SYNC_PATH, Ending, connect, drive, server_socket, sync_url
+
+if TYPE_CHECKING:
+    from replicas.folders import Folder
 
 log = logging.getLogger("shoal.node")
 
@@ -287,8 +290,9 @@ async def serve_node(
     relays: list[str],
     peers: list[str],
     discover: bool,
+    folders: list[Folder] | None = None,
 ) -> None:
-    """Run the daemon until SIGINT/SIGTERM."""
+    """Run the daemon until SIGINT/SIGTERM (with its watched and mirrored folders)."""
     node = Node(replica, relays, peers)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -309,6 +313,10 @@ async def serve_node(
     )
     tasks = [asyncio.create_task(node.dial_forever(link)) for link in list(node.links)]
     tasks.append(asyncio.create_task(node.watch_local()))
+    if folders:
+        from replicas.watching import run_folders
+
+        tasks.append(asyncio.create_task(run_folders(replica, folders, node.stop)))
     if discover:
         from replicas.discovery import discover_peers
 

@@ -1,0 +1,65 @@
+"""File content as chunks: cut by content, addressed by a keyed hash, streamed.
+
+Chunks are cut with FastCDC (content-defined, so an insertion in the middle of a file moves
+only the chunks around it and the rest deduplicate, as in restic), 256 KiB to 4 MiB, about
+1 MiB on average: one chunk always fits in one event (``MAX_EVENT_BYTES`` is 8 MiB).
+
+A chunk's id is BLAKE2b-256 keyed with a vault purpose key, not a plain hash: whoever lacks
+the vault key cannot compute the id of a file they know, so even an id that leaked could not
+confirm that a known file is in the vault. Ids travel only inside sealed bodies anyway; the
+relay sees neither ids nor content. The key comes from the vault's *first* epoch so ids stay
+stable across key rotations and deduplication keeps working after a device is removed.
+
+Reading and writing never hold more than one chunk (plus the reader's buffer) in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import BinaryIO, Final
+
+from eventlog.crypto import derive_key
+from eventlog.errors import MissingKeyError
+from eventlog.sealing import Keyring
+
+CHUNK_MIN: Final = 256 * 1024
+CHUNK_AVG: Final = 1024 * 1024
+CHUNK_MAX: Final = 4 * 1024 * 1024
+ID_BYTES: Final = 32
+
+PURPOSE_CHUNK_ID: Final = b"shoal-v1 chunk id"
+PURPOSE_CONTENT: Final = b"shoal-v1 content hash"
+
+
+class BlobKeys:
+    """The keyed hashes of one vault: chunk ids and whole-file content hashes."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        epochs = keyring.epochs()
+        if not epochs:
+            raise MissingKeyError("no vault key: this replica cannot address blobs")
+        root = epochs[min(epochs)]
+        self._chunk_key = derive_key(root, PURPOSE_CHUNK_ID)
+        self._content_key = derive_key(root, PURPOSE_CONTENT)
+
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
+        return hashlib.blake2b(data, key=self._chunk_key, digest_size=ID_BYTES).digest()
+
+    def content_hasher(self) -> hashlib.blake2b:
+        """A running keyed hash of a whole file's bytes (its version identity)."""
+        return hashlib.blake2b(key=self._content_key, digest_size=ID_BYTES)
+
+    def content_hash(self, data: bytes) -> bytes:
+        hasher = self.content_hasher()
+        hasher.update(data)
+        return hasher.digest()
+
+
+def cut(stream: BinaryIO) -> Iterator[bytes]:
+    """The chunks of a stream, in order; memory stays bounded by ``CHUNK_MAX``."""
+    from pyfastcdc import FastCDC
+
+    chunker = FastCDC(avg_size=CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX)
+    for chunk in chunker.cut_stream(stream):
+        yield bytes(chunk.data)  # the library reuses its buffer: copy before the next cut

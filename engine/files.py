@@ -1,0 +1,429 @@
+"""Files as documents: versions, tombstones, chunk references, and the current state.
+
+A file is a document (random ``doc_id``) whose versions are ``file.put`` / ``file.delete``
+records. Each version names the versions it replaces (``base``: the heads its writer knew),
+so versions form a DAG per file, like git commits. A version no other version names is a
+*head*; several heads with different contents are a conflict. Every replica picks the same
+winner: a live version beats a deletion (as in Syncthing, a modification survives a
+concurrent delete), then the highest ``(lamport, author)``. Losers stay in history.
+
+Text files also keep their content in the document body (a CRDT), so concurrent edits of a
+text file merge instead of conflicting: for them the body is the truth, and a version's
+chunks are the exact bytes it was made from (what ``get --at`` returns).
+
+Content travels in chunks (``engine.blobs``): a small file's new chunk rides inline in its
+``file.put``; a large file's new chunks go first, each in its own ``blob.chunk`` event of the
+same author, so they always arrive before the version that needs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import posixpath
+import sqlite3
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from engine.blobs import ID_BYTES
+from engine.documents import DOC_ID_BYTES
+from eventlog.envelope import decode_event
+from eventlog.errors import NotFoundError, WrongTypeError
+from eventlog.payload import Payload, field_bytes, field_int, field_str
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
+    from eventlog.envelope import Event
+    from eventlog.store import Store
+
+T_FILE_PUT: Final = "file.put"
+T_FILE_DELETE: Final = "file.delete"
+T_BLOB_CHUNK: Final = "blob.chunk"
+FILE_TYPES: Final = frozenset({T_FILE_PUT, T_FILE_DELETE, T_BLOB_CHUNK})
+
+INLINE_MAX: Final = 256 * 1024
+"""A new chunk up to this size rides inside its ``file.put`` (one event per small file)."""
+MAX_PATH_BYTES: Final = 4096
+MAX_BASE: Final = 64
+
+
+class UnsafePathError(WrongTypeError):
+    """A vault path that could escape a folder or is not a plain relative path."""
+
+
+def check_path(path: str) -> str:
+    """A vault path: relative, '/'-separated, normalized, nothing that climbs or hides."""
+    if not path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise UnsafePathError(f"path {path[:60]!r}: empty or too long")
+    if "\x00" in path or "\\" in path or path.startswith("/"):
+        raise UnsafePathError(f"path {path[:60]!r}: not a relative '/'-separated path")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts) or posixpath.normpath(path) != path:
+        raise UnsafePathError(f"path {path[:60]!r}: not normalized or climbs out of its folder")
+    if unicodedata.normalize("NFC", path) != path:
+        raise UnsafePathError(f"path {path[:60]!r}: not in Unicode NFC form")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    rowid: int
+    doc_id: bytes
+    event_id: bytes
+    author: bytes
+    lamport: int
+    time_ms: int
+    path: str
+    size: int
+    mtime_ms: int
+    mime: str
+    hash: bytes | None
+    deleted: bool
+    text: bool
+    chunks: tuple[bytes, ...]
+    superseded: bool
+
+    @property
+    def order(self) -> tuple[bool, int, bytes]:
+        """The deterministic winner rule: live beats deleted, then (lamport, author)."""
+        return (not self.deleted, self.lamport, self.author)
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A file's current state (what ``shoal files`` lists)."""
+
+    doc_id: bytes
+    path: str
+    size: int
+    mime: str
+    hash: bytes | None
+    deleted: bool
+    text: bool
+    rowid: int
+    """Local rowid of the winning version's event."""
+    versions: int
+    conflict: bool
+
+
+_VERSION_COLUMNS = (
+    "rowid, doc, event_id, author, lamport, time_ms, path, size, mtime_ms, mime, hash,"
+    " deleted, text, chunks, superseded"
+)
+
+
+def _version(row: tuple[Any, ...]) -> FileVersion:
+    chunks = bytes(row[13])
+    return FileVersion(
+        int(row[0]),
+        bytes(row[1]),
+        bytes(row[2]),
+        bytes(row[3]),
+        int(row[4]),
+        int(row[5]),
+        str(row[6]),
+        int(row[7]),
+        int(row[8]),
+        str(row[9]),
+        None if row[10] is None else bytes(row[10]),
+        bool(row[11]),
+        bool(row[12]),
+        tuple(chunks[i : i + ID_BYTES] for i in range(0, len(chunks), ID_BYTES)),
+        bool(row[14]),
+    )
+
+
+# --- payloads -----------------------------------------------------------------------------
+
+
+def put_payload(
+    doc_id: bytes,
+    path: str,
+    *,
+    size: int,
+    mtime_ms: int,
+    mime: str,
+    content_hash: bytes,
+    chunks: list[tuple[bytes, int]],
+    inline: list[tuple[int, bytes]],
+    base: list[bytes],
+    text: bool,
+) -> Payload:
+    return {
+        "t": T_FILE_PUT,
+        "doc": doc_id,
+        "path": check_path(path),
+        "size": size,
+        "mtime": mtime_ms,
+        "mime": mime,
+        "hash": content_hash,
+        "chunks": [[cid, length] for cid, length in chunks],
+        "inline": [[index, data] for index, data in inline],
+        "base": base,
+        "text": text,
+    }
+
+
+def delete_payload(doc_id: bytes, path: str, base: list[bytes]) -> Payload:
+    return {"t": T_FILE_DELETE, "doc": doc_id, "path": check_path(path), "base": base}
+
+
+def chunk_payload(chunk_id: bytes, data: bytes) -> Payload:
+    return {"t": T_BLOB_CHUNK, "id": chunk_id, "data": data}
+
+
+# --- events -> tables (called by the engine inside the event's transaction) ---------------
+
+
+def apply_record(
+    conn: sqlite3.Connection, rowid: int, event: Event, payload: Payload
+) -> bytes | None:
+    """Fold one file record into the tables; returns the document it touched, if any.
+
+    Raises a ``DecodeError`` for a malformed record; the engine notes it and moves on (the
+    event stays stored and synced: it may be valid to a newer replica).
+    """
+    kind = payload["t"]
+    if kind == T_BLOB_CHUNK:
+        chunk_id = field_bytes(payload, "id", ID_BYTES)
+        data = field_bytes(payload, "data")
+        conn.execute(
+            "INSERT OR IGNORE INTO chunks VALUES (?, ?, -1, ?)", (chunk_id, rowid, len(data))
+        )
+        return None
+    doc_id = field_bytes(payload, "doc", DOC_ID_BYTES)
+    path = check_path(field_str(payload, "path"))
+    base = payload.get("base")
+    if not isinstance(base, list) or len(base) > MAX_BASE:
+        raise WrongTypeError(f"payload {kind}: 'base' must be a list of event ids")
+    for item in base:
+        if type(item) is not bytes or len(item) != 32:
+            raise WrongTypeError(f"payload {kind}: 'base' must be a list of event ids")
+    if kind == T_FILE_PUT:
+        size, mtime = field_int(payload, "size"), field_int(payload, "mtime")
+        mime, content_hash = field_str(payload, "mime"), field_bytes(payload, "hash", ID_BYTES)
+        refs, inline = payload.get("chunks"), payload.get("inline")
+        if not isinstance(refs, list) or not isinstance(inline, list):
+            raise WrongTypeError("payload file.put: 'chunks' and 'inline' must be lists")
+        chunk_ids = []
+        for ref in refs:
+            if (
+                not isinstance(ref, list)
+                or len(ref) != 2
+                or type(ref[0]) is not bytes
+                or len(ref[0]) != ID_BYTES
+                or type(ref[1]) is not int
+            ):
+                raise WrongTypeError("payload file.put: a chunk is [32-byte id, length]")
+            chunk_ids.append(ref[0])
+        if sum(ref[1] for ref in refs) != size:
+            raise WrongTypeError("payload file.put: chunk lengths do not add up to the size")
+        inline_ids = []
+        for item in inline:
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or type(item[0]) is not int
+                or not 0 <= item[0] < len(chunk_ids)
+                or type(item[1]) is not bytes
+            ):
+                raise WrongTypeError("payload file.put: an inline chunk is [chunk index, bytes]")
+            inline_ids.append((chunk_ids[item[0]], len(item[1])))
+        text = payload.get("text") is True
+        deleted = False
+    else:
+        size = mtime = 0
+        mime, content_hash, chunk_ids, inline_ids, text, deleted = "", None, [], [], False, True
+    superseded = conn.execute(
+        "SELECT 1 FROM file_bases WHERE base = ? LIMIT 1", (event.id,)
+    ).fetchone()
+    conn.execute(
+        f"INSERT OR IGNORE INTO file_versions ({_VERSION_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            rowid,
+            doc_id,
+            event.id,
+            event.author,
+            event.lamport,
+            event.time_ms,
+            path,
+            size,
+            mtime,
+            mime,
+            content_hash,
+            deleted,
+            text,
+            b"".join(chunk_ids),
+            superseded is not None,
+        ),
+    )
+    for slot, (chunk_id, length) in enumerate(inline_ids):
+        conn.execute(
+            "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", (chunk_id, rowid, slot, length)
+        )
+    for base_id in base:
+        conn.execute("INSERT OR IGNORE INTO file_bases VALUES (?, ?)", (base_id, rowid))
+        conn.execute("UPDATE file_versions SET superseded = 1 WHERE event_id = ?", (base_id,))
+    _refresh_file(conn, doc_id)
+    return doc_id
+
+
+def _refresh_file(conn: sqlite3.Connection, doc_id: bytes) -> None:
+    """Recompute one file's current row from its heads."""
+    rows = conn.execute(
+        f"SELECT {_VERSION_COLUMNS} FROM file_versions WHERE doc = ?", (doc_id,)
+    ).fetchall()
+    versions = [_version(row) for row in rows]
+    heads = [v for v in versions if not v.superseded]
+    if not heads:  # a cycle of bases can only come from a forged history: keep the newest
+        heads = versions
+    winner = max(heads, key=lambda v: v.order)
+    contents = {(v.deleted, v.hash) for v in heads}
+    conn.execute(
+        "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+        (doc_id, winner.rowid, winner.path, winner.deleted, len(contents), len(versions)),
+    )
+
+
+# --- queries ------------------------------------------------------------------------------
+
+_ENTRY_SELECT = (
+    "SELECT f.doc, f.path, v.size, v.mime, v.hash, f.deleted, v.text, f.version, f.versions,"
+    " f.heads FROM files f JOIN file_versions v ON v.rowid = f.version"
+)
+
+
+def _entry(row: tuple[Any, ...]) -> FileEntry:
+    return FileEntry(
+        bytes(row[0]),
+        str(row[1]),
+        int(row[2]),
+        str(row[3]),
+        None if row[4] is None else bytes(row[4]),
+        bool(row[5]),
+        bool(row[6]),
+        int(row[7]),
+        int(row[8]),
+        int(row[9]) > 1,
+    )
+
+
+def file_entry(store: Store, doc_id: bytes) -> FileEntry | None:
+    row = store.query_one(f"{_ENTRY_SELECT} WHERE f.doc = ?", (doc_id,))
+    return None if row is None else _entry(row)
+
+
+def file_entries(store: Store, *, deleted: bool = False) -> list[FileEntry]:
+    where = "" if deleted else " WHERE f.deleted = 0"
+    return [_entry(row) for row in store.query_all(f"{_ENTRY_SELECT}{where} ORDER BY f.path")]
+
+
+def entry_at_path(store: Store, path: str) -> FileEntry | None:
+    """The live file at ``path``; if two documents claim it, the same winner everywhere."""
+    rows = store.query_all(f"{_ENTRY_SELECT} WHERE f.path = ? AND f.deleted = 0", (path,))
+    if not rows:
+        return None
+    return max((_entry(row) for row in rows), key=lambda e: (e.rowid != 0, e.doc_id))
+
+
+def versions(store: Store, doc_id: bytes) -> list[FileVersion]:
+    rows = store.query_all(
+        f"SELECT {_VERSION_COLUMNS} FROM file_versions WHERE doc = ? ORDER BY lamport, author",
+        (doc_id,),
+    )
+    return [_version(row) for row in rows]
+
+
+def version(store: Store, rowid: int) -> FileVersion:
+    row = store.query_one(f"SELECT {_VERSION_COLUMNS} FROM file_versions WHERE rowid = ?", (rowid,))
+    if row is None:
+        raise NotFoundError(f"event {rowid} is not a file version")
+    return _version(row)
+
+
+def heads(store: Store, doc_id: bytes) -> list[FileVersion]:
+    return [v for v in versions(store, doc_id) if not v.superseded]
+
+
+def conflicts(store: Store) -> list[FileEntry]:
+    return [e for e in file_entries(store, deleted=True) if e.conflict]
+
+
+def has_chunk(store: Store, chunk_id: bytes) -> bool:
+    return store.query_one("SELECT 1 FROM chunks WHERE id = ?", (chunk_id,)) is not None
+
+
+def missing_chunks(store: Store, found: FileVersion) -> int:
+    return sum(1 for cid in set(found.chunks) if not has_chunk(store, cid))
+
+
+# --- reading content ----------------------------------------------------------------------
+
+
+def iter_content(engine: Engine, found: FileVersion) -> Iterator[bytes]:
+    """The exact bytes of one version, a chunk at a time (bounded memory)."""
+    store = engine.store
+    for chunk_id in found.chunks:
+        row = store.query_one("SELECT rowid, slot FROM chunks WHERE id = ?", (chunk_id,))
+        if row is None:
+            raise NotFoundError(
+                f"{found.path}: chunk {chunk_id[:6].hex()} has not arrived yet (sync first)"
+            )
+        raw = store.event_by_rowid(int(row[0]))
+        if raw is None:
+            raise NotFoundError(f"{found.path}: the event holding a chunk is gone")
+        payload = engine.keyring.open_payload(decode_event(raw.raw))
+        if int(row[1]) < 0:
+            yield field_bytes(payload, "data")
+        else:
+            yield payload["inline"][int(row[1])][1]
+
+
+def current_bytes(engine: Engine, doc_id: bytes) -> bytes:
+    """A file's current content: the merged body for text files, the winner's chunks else."""
+    entry = file_entry(engine.store, doc_id)
+    if entry is None:
+        raise NotFoundError(f"document {doc_id.hex()} is not a file")
+    if entry.deleted:
+        raise NotFoundError(f"{entry.path} is deleted (get an older version with --at)")
+    if entry.text:
+        return str(engine.open(doc_id).body).encode("utf-8")
+    return b"".join(iter_content(engine, version(engine.store, entry.rowid)))
+
+
+# --- text merging -------------------------------------------------------------------------
+
+
+def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
+    """Edits turning ``old`` into ``new`` as (utf-8 byte offset, bytes deleted, insert),
+    last first so that applying them in order keeps the earlier offsets valid.
+
+    pycrdt indexes text by UTF-8 bytes; the diff runs on lines (fast on big files), then on
+    characters inside each changed block, so a one-word edit stays a one-word edit and two
+    replicas' edits of different words merge.
+    """
+    if old == new:
+        return []
+    prefix = 0
+    limit = min(len(old), len(new))
+    while prefix < limit and old[prefix] == new[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < limit - prefix and old[-1 - suffix] == new[-1 - suffix]:
+        suffix += 1
+    old_mid, new_mid = old[prefix : len(old) - suffix], new[prefix : len(new) - suffix]
+    edits: list[tuple[int, int, str]] = []
+    base = len(old[:prefix].encode("utf-8"))
+    if len(old_mid) * len(new_mid) > 4_000_000:  # a wholesale rewrite: one replace
+        edits.append((base, len(old_mid.encode("utf-8")), new_mid))
+        return edits
+    matcher = difflib.SequenceMatcher(None, old_mid, new_mid, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        offset = base + len(old_mid[:i1].encode("utf-8"))
+        edits.append((offset, len(old_mid[i1:i2].encode("utf-8")), new_mid[j1:j2]))
+    edits.reverse()
+    return edits

@@ -1,0 +1,188 @@
+"""Local file writes: bytes from a stream become chunk records and a ``file.put``.
+
+The stream is read once, a chunk at a time: each chunk is hashed with the vault's chunk key,
+chunks the vault already has are only referenced (deduplication across files and versions),
+new large chunks are written at once as ``blob.chunk`` events, and a small new chunk (a
+small file, or a large file's tail) rides inline in the ``file.put``. So memory stays bounded
+by one chunk whatever the file's size, and a small file costs one event.
+
+A text file (valid UTF-8, no NUL, up to ``TEXT_MAX``) also becomes the document's body, as
+edits against the state the caller last saw (``Engine.merge_text``), so concurrent edits of
+it on two replicas merge.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Final
+
+from engine import files
+from engine.blobs import BlobKeys, cut
+from engine.documents import new_doc_id
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
+
+TEXT_MAX: Final = 4 * 1024 * 1024
+"""Larger files are stored as bytes only: a CRDT body that size would merge slowly."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """What one ingest did."""
+
+    doc_id: bytes
+    path: str
+    content_hash: bytes
+    size: int
+    changed: bool
+    """False: the vault already had exactly this content at this path (nothing written)."""
+    new_bytes: int
+    """Bytes of chunks the vault did not have (what deduplication could not save)."""
+    base_state: bytes | None
+    """For a text file, the document state the file now matches (the next merge base)."""
+    text: bool
+
+
+def guess_mime(path: str, head: bytes, text: bool) -> str:
+    mime, _ = mimetypes.guess_type(path, strict=False)
+    if mime:
+        return mime
+    return "text/plain" if text else "application/octet-stream"
+
+
+def is_text(data: bytes) -> bool:
+    if b"\x00" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class FileWriter:
+    """Writes files into one engine's vault (``Ingester`` of the folder layer uses it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.keys = BlobKeys(engine.keyring)
+
+    def put(
+        self,
+        path: str,
+        stream: BinaryIO,
+        *,
+        mtime_ms: int,
+        doc_id: bytes | None = None,
+        base_state: bytes | None = None,
+        mime: str | None = None,
+    ) -> Put:
+        """Store the stream's bytes as the new version of ``path`` (or of ``doc_id``)."""
+        files.check_path(path)
+        engine, store = self.engine, self.engine.store
+        hasher = self.keys.content_hasher()
+        refs: list[tuple[bytes, int]] = []
+        inline: list[tuple[int, bytes]] = []
+        seen: set[bytes] = set()
+        kept = bytearray()  # the content while it may still be a text file
+        size = new_bytes = 0
+        for data in cut(stream):
+            hasher.update(data)
+            size += len(data)
+            if size <= TEXT_MAX:
+                kept += data
+            chunk_id = self.keys.chunk_id(data)
+            refs.append((chunk_id, len(data)))
+            if chunk_id in seen or files.has_chunk(store, chunk_id):
+                continue
+            seen.add(chunk_id)
+            new_bytes += len(data)
+            if len(data) <= files.INLINE_MAX:
+                inline.append((len(refs) - 1, data))
+            else:
+                engine.append_record(files.chunk_payload(chunk_id, data))
+        content_hash = hasher.digest()
+        text = size <= TEXT_MAX and is_text(bytes(kept))
+        with store.atomic():
+            entry = files.file_entry(store, doc_id) if doc_id else files.entry_at_path(store, path)
+            if entry is not None and doc_id is None:
+                doc_id = entry.doc_id
+            unchanged = (
+                entry is not None
+                and not entry.deleted
+                and entry.path == path
+                and entry.hash == content_hash
+                and not entry.conflict
+            )
+            if unchanged and entry is not None:
+                return Put(entry.doc_id, path, content_hash, size, False, 0, base_state, entry.text)
+            doc_id = doc_id or new_doc_id()
+            state = None
+            if text:
+                state = self._write_body(doc_id, path, kept.decode("utf-8"), base_state)
+            base = [head.event_id for head in files.heads(store, doc_id)]
+            engine.append_record(
+                files.put_payload(
+                    doc_id,
+                    path,
+                    size=size,
+                    mtime_ms=mtime_ms,
+                    mime=mime or guess_mime(path, bytes(kept[:512]), text),
+                    content_hash=content_hash,
+                    chunks=refs,
+                    inline=inline,
+                    base=base,
+                    text=text,
+                )
+            )
+        return Put(doc_id, path, content_hash, size, True, new_bytes, state, text)
+
+    def _write_body(self, doc_id: bytes, path: str, text: str, base_state: bytes | None) -> bytes:
+        engine = self.engine
+        if engine.store.query_one("SELECT 1 FROM docs WHERE doc = ?", (doc_id,)) is None:
+            engine.create_doc(posixpath.basename(path), doc_id=doc_id)
+        return engine.merge_text(doc_id, text, base_state)
+
+    def delete(self, doc_id: bytes) -> bool:
+        """A tombstone for the file (its versions stay restorable); False if already gone."""
+        store = self.engine.store
+        with store.atomic():
+            entry = files.file_entry(store, doc_id)
+            if entry is None or entry.deleted:
+                return False
+            base = [head.event_id for head in files.heads(store, doc_id)]
+            self.engine.append_record(files.delete_payload(doc_id, entry.path, base))
+        return True
+
+    def rename(self, doc_id: bytes, new_path: str, *, mtime_ms: int) -> None:
+        """The same content under a new path: a new version, no new chunks."""
+        store = self.engine.store
+        with store.atomic():
+            entry = files.file_entry(store, doc_id)
+            if entry is None:
+                raise files.UnsafePathError("no such file to rename")
+            current = files.version(store, entry.rowid)
+            marks = ",".join("?" * len(current.chunks))
+            rows = store.query_all(
+                f"SELECT id, size FROM chunks WHERE id IN ({marks})", current.chunks
+            )
+            sizes = {bytes(row[0]): int(row[1]) for row in rows}
+            refs = [(cid, int(sizes.get(cid, 0))) for cid in current.chunks]
+            base = [head.event_id for head in files.heads(store, doc_id)]
+            self.engine.append_record(
+                files.put_payload(
+                    doc_id,
+                    new_path,
+                    size=current.size,
+                    mtime_ms=mtime_ms,
+                    mime=current.mime,
+                    content_hash=current.hash or b"",
+                    chunks=refs,
+                    inline=[],
+                    base=base,
+                    text=current.text,
+                )
+            )

@@ -1,0 +1,96 @@
+"""Getting a file out of the vault: by path or document, now or as of any event, byte-exact."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from engine import files
+from eventlog.errors import AmbiguousError, NotFoundError
+from eventlog.store import hex_prefix_bounds
+from replicas.vault import Replica
+
+
+def resolve_file(replica: Replica, target: str) -> bytes:
+    """A file document named by its vault path or by a unique hex prefix of its id."""
+    store = replica.store
+    entry = files.entry_at_path(store, target)
+    if entry is not None:
+        return entry.doc_id
+    rows = store.query_all("SELECT doc FROM files WHERE path = ? ORDER BY version DESC", (target,))
+    if rows:
+        return bytes(rows[0][0])  # a deleted file: its versions are still there
+    try:
+        low, high = hex_prefix_bounds(target, 16)
+    except Exception:
+        raise NotFoundError(f"no file {target}") from None
+    rows = store.query_all("SELECT doc FROM files WHERE doc BETWEEN ? AND ? LIMIT 2", (low, high))
+    if not rows:
+        raise NotFoundError(f"no file {target}")
+    if len(rows) > 1:
+        raise AmbiguousError(f"document prefix {target} is ambiguous")
+    return bytes(rows[0][0])
+
+
+def version_at(replica: Replica, doc_id: bytes, event_prefix: str) -> files.FileVersion:
+    """The version of a file as of an event: that version itself, or the one in force then.
+
+    "In force" is the winner among the versions ordered at or before the event by
+    (lamport, author) — the same cut ``cat --at`` uses, so every replica answers the same.
+    """
+    event = replica.store.resolve_event(event_prefix)
+    history = files.versions(replica.store, doc_id)
+    for found in history:
+        if found.event_id == event.id:
+            return found
+    cut = (event.lamport, event.author)
+    before = [v for v in history if (v.lamport, v.author) <= cut]
+    if not before:
+        raise NotFoundError(f"the file did not exist yet at event {event_prefix}")
+    named = {base for v in before for base in _bases(replica, v)}
+    heads = [v for v in before if v.event_id not in named] or before
+    return max(heads, key=lambda v: v.order)
+
+
+def _bases(replica: Replica, found: files.FileVersion) -> list[bytes]:
+    rows = replica.store.query_all("SELECT base FROM file_bases WHERE version = ?", (found.rowid,))
+    return [bytes(row[0]) for row in rows]
+
+
+def content(replica: Replica, doc_id: bytes, at: str | None) -> Iterator[bytes]:
+    if at is None:
+        entry = files.file_entry(replica.store, doc_id)
+        if entry is not None and entry.text and not entry.deleted:
+            yield files.current_bytes(replica.engine, doc_id)
+            return
+        if entry is None or entry.deleted:
+            raise NotFoundError(
+                f"{entry.path if entry else doc_id.hex()} is deleted (name a version with --at)"
+            )
+        yield from files.iter_content(replica.engine, files.version(replica.store, entry.rowid))
+        return
+    found = version_at(replica, doc_id, at)
+    if found.deleted:
+        raise NotFoundError(f"{found.path} was deleted as of that event")
+    yield from files.iter_content(replica.engine, found)
+
+
+def write_version(replica: Replica, doc_id: bytes, at: str | None, out: Path | None) -> None:
+    """Stream the content to ``out`` (atomically: a temp file renamed) or to stdout."""
+    blocks = content(replica, doc_id, at)
+    if out is None:
+        for block in blocks:
+            sys.stdout.buffer.write(block)
+        sys.stdout.buffer.flush()
+        return
+    temp = out.parent / f".shoal-tmp-{secrets.token_hex(6)}"
+    try:
+        with open(temp, "wb") as stream:
+            for block in blocks:
+                stream.write(block)
+        os.replace(temp, out)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,528 @@
+"""Folders on disk and the vault's files: ingest (watch) and two-way materialization (mirror).
+
+A *watched* folder is a source: what changes in it becomes new versions in the vault. A
+*mirrored* folder is also a destination: the vault's files are written into it, and edits
+made there come back. The folder's last known state (size, mtime, content hash and, for
+text, the document state the file matches) is kept per path in ``folder_files``, so:
+
+- a startup scan re-reads only files whose size or mtime changed while shoal was not running,
+  and a file that vanished becomes a tombstone; a vanished file whose content reappears under
+  another name in the same scan is a rename;
+- an edit of a text file is merged as edits against the state the file was last written
+  from, so a concurrent edit made elsewhere survives (no conflict copies);
+- the mirror never overwrites a local change it has not ingested: it ingests first, and
+  writes through a temporary file and an atomic rename, so a reader never sees half a file.
+
+Every problem with one path (unreadable, vanished, a symlink, a name the vault cannot hold,
+a path that would climb out of the folder) is reported in one line and skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from engine import files
+from engine.ingest import FileWriter, Put
+from eventlog.errors import NotFoundError, ShoalError
+from eventlog.migrate import migrate
+
+if TYPE_CHECKING:
+    from pathspec import PathSpec
+
+    from replicas.vault import Replica
+
+IGNORE_FILE: Final = ".shoalignore"
+TEMP_PREFIX: Final = ".shoal-tmp-"
+DEFAULT_IGNORES: Final = (
+    f"{TEMP_PREFIX}*",
+    "*.tmp",
+    "*.part",
+    "*.partial",
+    "*.crdownload",
+    "*.swp",
+    "*.swx",
+    "*~",
+    ".#*",
+    "~$*",
+    ".DS_Store",
+    "Thumbs.db",
+    ".git/",
+    ".stfolder/",
+    ".stversions/",
+)
+"""Temporary and partial files of editors, browsers and sync tools, never worth syncing."""
+MAX_NAME_BYTES: Final = 255
+BATCH_FILES: Final = 500
+BATCH_BYTES: Final = 64 * 1024 * 1024
+
+Report = Callable[[str], None]
+
+
+@dataclass
+class Seen:
+    doc_id: bytes
+    size: int
+    mtime_ns: int
+    content_hash: bytes
+    base: bytes | None
+
+
+@dataclass
+class ScanResult:
+    added: int = 0
+    changed: int = 0
+    deleted: int = 0
+    renamed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    written: int = 0
+    new_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _ignore_spec(root: Path) -> PathSpec:  # type: ignore[type-arg]
+    from pathspec import GitIgnoreSpec
+
+    lines = list(DEFAULT_IGNORES)
+    try:
+        lines += (root / IGNORE_FILE).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ShoalError(f"{root / IGNORE_FILE}: cannot read ignore patterns ({exc})") from exc
+    return GitIgnoreSpec.from_lines(lines)
+
+
+class Folder:
+    """One folder bound to the vault, as a watched source or a two-way mirror."""
+
+    def __init__(
+        self, replica: Replica, root: Path, *, mirror: bool = False, report: Report | None = None
+    ) -> None:
+        if not root.is_dir():
+            raise NotFoundError(f"{root}: not a directory")
+        self.replica = replica
+        self.root = root.resolve()
+        self.key = str(self.root)
+        self.mirror = mirror
+        self.report: Report = report or (lambda line: None)
+        self.writer = FileWriter(replica.engine)
+        self.store = replica.store
+        migrate(self.store.conn, "folders", "replicas.migrations")
+        self.ignore = _ignore_spec(self.root)
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def _seen(self, path: str) -> Seen | None:
+        row = self.store.query_one(
+            "SELECT doc, size, mtime_ns, hash, base FROM folder_files WHERE root = ? AND path = ?",
+            (self.key, path),
+        )
+        if row is None:
+            return None
+        base = None if row[4] is None else bytes(row[4])
+        return Seen(bytes(row[0]), int(row[1]), int(row[2]), bytes(row[3]), base)
+
+    def _all_seen(self) -> dict[str, Seen]:
+        rows = self.store.query_all(
+            "SELECT path, doc, size, mtime_ns, hash, base FROM folder_files WHERE root = ?",
+            (self.key,),
+        )
+        return {
+            str(r[0]): Seen(
+                bytes(r[1]),
+                int(r[2]),
+                int(r[3]),
+                bytes(r[4]),
+                None if r[5] is None else bytes(r[5]),
+            )
+            for r in rows
+        }
+
+    def _remember(self, path: str, seen: Seen) -> None:
+        self.store.conn.execute(
+            "INSERT OR REPLACE INTO folder_files VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.key, path, seen.doc_id, seen.size, seen.mtime_ns, seen.content_hash, seen.base),
+        )
+
+    def _forget(self, path: str) -> None:
+        self.store.conn.execute(
+            "DELETE FROM folder_files WHERE root = ? AND path = ?", (self.key, path)
+        )
+
+    # --- paths --------------------------------------------------------------------------------
+
+    def vault_path(self, local: Path) -> str | None:
+        """The vault path of a local file, or None (reported) if it cannot be one."""
+        try:
+            rel = local.relative_to(self.root).as_posix()
+        except ValueError:
+            self.report(f"skipped {local}: outside {self.root}")
+            return None
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            self.report(f"skipped {local}: the name is not valid UTF-8")
+            return None
+        if unicodedata.normalize("NFC", rel) != rel:
+            self.report(f"skipped {local}: the name is not in Unicode NFC form")
+            return None
+        try:
+            return files.check_path(rel)
+        except files.UnsafePathError as exc:
+            self.report(f"skipped {local}: {exc}")
+            return None
+
+    def local_path(self, path: str) -> Path | None:
+        """Where a vault path lives in this folder; None (reported) if it cannot live here."""
+        try:
+            files.check_path(path)
+        except files.UnsafePathError as exc:
+            self.report(f"not written: {exc}")
+            return None
+        if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.split("/")):
+            self.report(f"not written {path}: a name is longer than this system allows")
+            return None
+        target = self.root / path
+        parent = target.parent.resolve()
+        if parent != self.root and self.root not in parent.parents:
+            self.report(f"not written {path}: a directory on its way is a link out of the folder")
+            return None
+        return target
+
+    def ignored(self, path: str, is_dir: bool = False) -> bool:
+        return self.ignore.match_file(path + "/" if is_dir else path)
+
+    def walk(self) -> Iterable[tuple[Path, os.stat_result]]:
+        """Every regular file under the root (no symlinks followed: no loops)."""
+        stack = [self.root]
+        while stack:
+            directory = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError as exc:
+                self.report(f"skipped {directory}: {exc.strerror or exc}")
+                continue
+            for entry in entries:
+                local = Path(entry.path)
+                rel = local.relative_to(self.root).as_posix()
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    self.report(f"skipped {local}: {exc.strerror or exc}")
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    if not self.ignored(rel, is_dir=True):
+                        stack.append(local)
+                elif stat.S_ISREG(info.st_mode):
+                    if not self.ignored(rel):
+                        yield local, info
+                elif stat.S_ISLNK(info.st_mode):
+                    self.report(f"skipped {local}: symbolic links are not followed")
+
+    # --- disk -> vault ------------------------------------------------------------------------
+
+    def ingest(self, local: Path, result: ScanResult) -> Put | None:
+        """Bring one file's current content into the vault if it changed since last seen."""
+        path = self.vault_path(local)
+        if path is None:
+            result.skipped += 1
+            return None
+        if self.ignored(path):
+            return None
+        try:
+            before = local.lstat()
+        except FileNotFoundError:
+            return None  # gone before we got to it: the deletion is handled by the scan
+        except OSError as exc:
+            self._problem(result, f"skipped {local}: {exc.strerror or exc}")
+            return None
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        seen = self._seen(path)
+        if seen and seen.size == before.st_size and seen.mtime_ns == before.st_mtime_ns:
+            result.unchanged += 1
+            return None
+        try:
+            with open(local, "rb") as stream:
+                put = self.writer.put(
+                    path,
+                    stream,
+                    mtime_ms=before.st_mtime_ns // 1_000_000,
+                    doc_id=seen.doc_id if seen else None,
+                    base_state=seen.base if seen else None,
+                )
+            after = local.lstat()
+        except FileNotFoundError:
+            self._problem(result, f"skipped {local}: it vanished while being read")
+            return None
+        except OSError as exc:
+            self._problem(result, f"skipped {local}: {exc.strerror or exc}")
+            return None
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            self._problem(result, f"skipped {local}: it changed while being read (next pass)")
+            return None
+        self._remember(
+            path,
+            Seen(put.doc_id, after.st_size, after.st_mtime_ns, put.content_hash, put.base_state),
+        )
+        if put.changed:
+            if seen is None:
+                result.added += 1
+            else:
+                result.changed += 1
+            result.new_bytes += put.new_bytes
+        else:
+            result.unchanged += 1
+        return put
+
+    def scan(self, progress: Callable[[int, int], None] | None = None) -> ScanResult:
+        """Reconcile the whole folder with the vault (at start, and for new directories)."""
+        result = ScanResult()
+        known = self._all_seen()
+        present = list(self.walk())
+        total = sum(info.st_size for _, info in present)
+        done = 0
+        gone = dict(known)
+        fresh: list[tuple[Path, os.stat_result]] = []
+        for local, info in present:
+            path = self.vault_path(local)
+            if path is not None:
+                gone.pop(path, None)
+                if path not in known:
+                    fresh.append((local, info))
+        renames = self._match_renames(gone, fresh, result)
+        batch_files = batch_bytes = 0
+        store = self.store
+        pending = list(present)
+        while pending:
+            with store.atomic():
+                while pending and batch_files < BATCH_FILES and batch_bytes < BATCH_BYTES:
+                    local, info = pending.pop(0)
+                    if local in renames:
+                        continue
+                    self.ingest(local, result)
+                    batch_files += 1
+                    batch_bytes += info.st_size
+                    done += info.st_size
+                    if progress:
+                        progress(done, total)
+            batch_files = batch_bytes = 0
+        with store.atomic():
+            for path, seen in gone.items():
+                self._deleted(path, seen, result)
+        if self.mirror:
+            result.written += self.materialize(None)
+        return result
+
+    def _match_renames(
+        self, gone: dict[str, Seen], fresh: list[tuple[Path, os.stat_result]], result: ScanResult
+    ) -> set[Path]:
+        """Files that vanished and reappeared elsewhere with the same content: renames.
+
+        Only candidates of equal size are hashed, so a scan without renames reads nothing
+        extra.
+        """
+        if not gone or not fresh:
+            return set()
+        by_size: dict[int, list[tuple[str, Seen]]] = {}
+        for path, seen in gone.items():
+            by_size.setdefault(seen.size, []).append((path, seen))
+        renamed: set[Path] = set()
+        for local, info in fresh:
+            candidates = by_size.get(info.st_size)
+            if not candidates:
+                continue
+            try:
+                content_hash = self._hash_file(local)
+            except OSError:
+                continue
+            for old_path, seen in candidates:
+                if seen.content_hash != content_hash:
+                    continue
+                new_path = self.vault_path(local)
+                if new_path is None:
+                    break
+                with self.store.atomic():
+                    self.writer.rename(
+                        seen.doc_id, new_path, mtime_ms=info.st_mtime_ns // 1_000_000
+                    )
+                    self._forget(old_path)
+                    self._remember(
+                        new_path,
+                        Seen(seen.doc_id, info.st_size, info.st_mtime_ns, content_hash, seen.base),
+                    )
+                candidates.remove((old_path, seen))
+                del gone[old_path]
+                renamed.add(local)
+                result.renamed += 1
+                break
+        return renamed
+
+    def _hash_file(self, local: Path) -> bytes:
+        hasher = self.writer.keys.content_hasher()
+        with open(local, "rb") as stream:
+            while block := stream.read(1 << 20):
+                hasher.update(block)
+        return hasher.digest()
+
+    def _deleted(self, path: str, seen: Seen, result: ScanResult) -> None:
+        entry = files.file_entry(self.store, seen.doc_id)
+        self._forget(path)
+        if entry is not None and not entry.deleted and entry.path == path:
+            self.writer.delete(seen.doc_id)
+            result.deleted += 1
+
+    def changed_paths(self, changes: Iterable[tuple[str, Path]]) -> ScanResult:
+        """Handle a watcher's batch: ("added"|"modified"|"deleted", path) pairs."""
+        result = ScanResult()
+        rescan = False
+        with self.store.atomic():
+            for change, local in changes:
+                if local.name == IGNORE_FILE:
+                    self.ignore = _ignore_spec(self.root)
+                try:
+                    info = local.lstat()
+                except FileNotFoundError:
+                    info = None
+                except OSError as exc:
+                    self._problem(result, f"skipped {local}: {exc.strerror or exc}")
+                    continue
+                if info is None or change == "deleted":
+                    if info is None:
+                        rescan = True  # a deletion may be half of a rename: a scan pairs them
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    rescan = True  # a new directory: files in it may predate the watch
+                elif stat.S_ISREG(info.st_mode):
+                    self.ingest(local, result)
+        if rescan:
+            scanned = self.scan()
+            for name in ("added", "changed", "deleted", "renamed", "written", "new_bytes"):
+                setattr(result, name, getattr(result, name) + getattr(scanned, name))
+            result.problems += scanned.problems
+        elif self.mirror:
+            result.written += self.materialize(None)
+        return result
+
+    # --- vault -> disk (mirror) ---------------------------------------------------------------
+
+    def materialize(self, doc_ids: Iterable[bytes] | None) -> int:
+        """Write the vault's current files into the folder; returns how many were written."""
+        store = self.store
+        if doc_ids is None:
+            entries = files.file_entries(store, deleted=True)
+        else:
+            entries = [e for d in doc_ids if (e := files.file_entry(store, d)) is not None]
+        written = 0
+        for entry in entries:
+            try:
+                if self._materialize_one(entry):
+                    written += 1
+            except ShoalError as exc:
+                self.report(f"not written {entry.path}: {exc}")
+            except OSError as exc:
+                self.report(f"not written {entry.path}: {exc.strerror or exc}")
+        return written
+
+    def _on_disk_unchanged(self, target: Path, seen: Seen | None) -> bool:
+        try:
+            info = target.lstat()
+        except FileNotFoundError:
+            return seen is None
+        return (
+            seen is not None
+            and stat.S_ISREG(info.st_mode)
+            and (info.st_size, info.st_mtime_ns) == (seen.size, seen.mtime_ns)
+        )
+
+    def _materialize_one(self, entry: files.FileEntry) -> bool:
+        store = self.store
+        row = store.query_one(
+            "SELECT path FROM folder_files WHERE root = ? AND doc = ?", (self.key, entry.doc_id)
+        )
+        old_path = None if row is None else str(row[0])
+        if entry.deleted:
+            return self._remove_deleted(old_path)
+        if files.entry_at_path(store, entry.path) != entry:
+            return False  # another document holds this path and wins it everywhere
+        target = self.local_path(entry.path)
+        if target is None:
+            return False
+        if old_path is not None and old_path != entry.path:
+            old_target = self.local_path(old_path)
+            if old_target is not None and self._on_disk_unchanged(old_target, self._seen(old_path)):
+                old_target.unlink(missing_ok=True)
+            with store.atomic():
+                self._forget(old_path)
+        seen = self._seen(entry.path)
+        if target.exists() and not self._on_disk_unchanged(target, seen):
+            self.ingest(target, ScanResult())  # a local edit first: merge, never clobber
+            fresh = files.file_entry(store, entry.doc_id)
+            if fresh is None or fresh.deleted:
+                return False
+            entry, seen = fresh, self._seen(entry.path)
+        found = files.version(store, entry.rowid)
+        if entry.text:
+            live = self.replica.engine.open(entry.doc_id)
+            data: bytes | None = str(live.body).encode("utf-8")
+            base: bytes | None = bytes(live.doc.get_update())
+            content_hash = self.writer.keys.content_hash(data)  # type: ignore[arg-type]
+        else:
+            if files.missing_chunks(store, found):
+                return False  # the rest is still on its way; a later pass writes it
+            data, base, content_hash = None, None, found.hash or b""
+        if seen is not None and seen.content_hash == content_hash and target.exists():
+            if seen.base != base:
+                with store.atomic():
+                    seen.base = base
+                    self._remember(entry.path, seen)
+            return False
+        self._write(target, data, found)
+        info = target.lstat()
+        with store.atomic():
+            self._remember(
+                entry.path, Seen(entry.doc_id, info.st_size, info.st_mtime_ns, content_hash, base)
+            )
+        return True
+
+    def _write(self, target: Path, data: bytes | None, found: files.FileVersion) -> None:
+        """Through a temporary file and an atomic rename: readers never see half a file."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+        try:
+            with open(temp, "wb") as out:
+                if data is not None:
+                    out.write(data)
+                else:
+                    for block in files.iter_content(self.replica.engine, found):
+                        out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            if data is None:  # bytes as they were: keep their mtime (text is a merge: now)
+                os.utime(temp, ns=(found.mtime_ms * 1_000_000, found.mtime_ms * 1_000_000))
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _remove_deleted(self, old_path: str | None) -> bool:
+        if old_path is None:
+            return False
+        target = self.local_path(old_path)
+        if target is not None and self._on_disk_unchanged(target, self._seen(old_path)):
+            target.unlink(missing_ok=True)
+            with self.store.atomic():
+                self._forget(old_path)
+            return True
+        return False  # changed here since: the local edit wins, the next scan ingests it
+
+    def _problem(self, result: ScanResult, line: str) -> None:
+        result.problems.append(line)
+        self.report(line)

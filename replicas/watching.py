@@ -1,0 +1,129 @@
+"""The live loop of watched and mirrored folders: disk events in, vault changes out.
+
+Two sources wake it: watchfiles (inotify) for changes on disk, and the engine's wake-up for
+events applied to the vault (from sync or from this replica). A startup scan comes first, so
+whatever changed while shoal was not running is reconciled before live events; a new
+directory is rescanned, because files written right after ``mkdir`` can precede the watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from engine import files
+from replicas.folders import Folder, Report, ScanResult
+
+if TYPE_CHECKING:
+    from replicas.vault import Replica
+
+log = logging.getLogger("shoal.folders")
+
+DEBOUNCE_MS: Final = 200
+"""How long watchfiles gathers changes into one batch (editors write in several steps)."""
+FILE_TYPES_SQL: Final = "('file.put', 'file.delete', 'doc.update', 'blob.chunk')"
+
+
+def open_folders(
+    replica: Replica, watch: list[Path], mirror: list[Path], report: Report
+) -> list[Folder]:
+    return [Folder(replica, path, report=report) for path in watch] + [
+        Folder(replica, path, mirror=True, report=report) for path in mirror
+    ]
+
+
+def summary(result: ScanResult) -> str:
+    parts = [
+        f"{getattr(result, name)} {name}"
+        for name in ("added", "changed", "deleted", "renamed", "written", "skipped")
+        if getattr(result, name)
+    ]
+    return ", ".join(parts) or "no changes"
+
+
+async def run_folders(replica: Replica, folders: list[Folder], stop: asyncio.Event) -> None:
+    """Scan, then follow disk and vault until ``stop`` is set."""
+    if not folders:
+        return
+    engine = replica.engine
+    cursor = engine.store.query_one("SELECT max(rowid) FROM event_index")
+    for folder in folders:
+        result = folder.scan()
+        log.info("%s: startup scan: %s", folder.root, summary(result))
+    tasks = [
+        asyncio.create_task(_follow_disk(folders, stop)),
+        asyncio.create_task(_follow_vault(replica, folders, stop, int((cursor or [0])[0] or 0))),
+    ]
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _follow_disk(folders: list[Folder], stop: asyncio.Event) -> None:
+    from watchfiles import Change, awatch
+
+    names = {Change.added: "added", Change.modified: "modified", Change.deleted: "deleted"}
+    roots = {folder.root: folder for folder in folders}
+    async for changes in awatch(
+        *roots, stop_event=stop, debounce=DEBOUNCE_MS, step=50, recursive=True
+    ):
+        batches: dict[Path, list[tuple[str, Path]]] = {}
+        for change, raw in changes:
+            local = Path(raw)
+            root = next((r for r in roots if r == local or r in local.parents), None)
+            if root is not None:
+                batches.setdefault(root, []).append((names[change], local))
+        for root, batch in batches.items():
+            try:
+                result = roots[root].changed_paths(sorted(batch, key=lambda c: str(c[1])))
+            except Exception as exc:  # one bad batch must not stop the watcher
+                log.error("%s: %s", root, exc)
+                continue
+            log.info("%s: %s", root, summary(result))
+
+
+async def _follow_vault(
+    replica: Replica, folders: list[Folder], stop: asyncio.Event, cursor: int
+) -> None:
+    mirrors = [folder for folder in folders if folder.mirror]
+    if not mirrors:
+        return
+    engine = replica.engine
+    wakeup = asyncio.Event()
+    engine.add_wakeup(wakeup)
+    incomplete: set[bytes] = set()
+    try:
+        while not stop.is_set():
+            await wakeup.wait()
+            wakeup.clear()
+            await asyncio.sleep(0.05)  # let a burst of events land before writing files
+            rows = engine.store.query_all(
+                "SELECT DISTINCT doc, max(rowid) OVER () FROM event_index"
+                f" WHERE rowid > ? AND type IN {FILE_TYPES_SQL}",
+                (cursor,),
+            )
+            if not rows and not incomplete:
+                continue
+            if rows:
+                cursor = max(int(row[1]) for row in rows)
+            docs = {bytes(row[0]) for row in rows if row[0] is not None} | incomplete
+            docs = {d for d in docs if files.file_entry(engine.store, d) is not None}
+            incomplete = set()
+            for folder in mirrors:
+                try:
+                    folder.materialize(docs)
+                except Exception as exc:
+                    log.error("%s: %s", folder.root, exc)
+                for doc_id in docs:
+                    entry = files.file_entry(engine.store, doc_id)
+                    if entry is not None and not entry.deleted and not entry.text:
+                        found = files.version(engine.store, entry.rowid)
+                        if files.missing_chunks(engine.store, found):
+                            incomplete.add(doc_id)
+    finally:
+        engine.remove_wakeup(wakeup)
