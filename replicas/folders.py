@@ -381,35 +381,38 @@ class Folder:
             result.deleted += 1
 
     def changed_paths(self, changes: Iterable[tuple[str, Path]]) -> ScanResult:
-        """Handle a watcher's batch: ("added"|"modified"|"deleted", path) pairs."""
+        """Handle a watcher's batch: ("added"|"modified"|"deleted", path) pairs.
+
+        A batch where something vanished or a directory appeared is handled by a scan: a
+        deletion may be half of a rename (the scan pairs it with its other half by content),
+        and files written right after a ``mkdir`` can precede the watch on the new directory.
+        """
+        changes = list(changes)
+        if any(local.name == IGNORE_FILE for _, local in changes):
+            self.ignore = _ignore_spec(self.root)
+        regular = []
+        for change, local in changes:
+            try:
+                info = local.lstat()
+            except FileNotFoundError:
+                return self.scan()
+            except OSError as exc:
+                result = ScanResult()
+                self._problem(result, f"skipped {local}: {exc.strerror or exc}")
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                return self.scan()
+            if stat.S_ISREG(info.st_mode) and change != "deleted":
+                regular.append(local)
         result = ScanResult()
-        rescan = False
+        touched = []
         with self.store.atomic():
-            for change, local in changes:
-                if local.name == IGNORE_FILE:
-                    self.ignore = _ignore_spec(self.root)
-                try:
-                    info = local.lstat()
-                except FileNotFoundError:
-                    info = None
-                except OSError as exc:
-                    self._problem(result, f"skipped {local}: {exc.strerror or exc}")
-                    continue
-                if info is None or change == "deleted":
-                    if info is None:
-                        rescan = True  # a deletion may be half of a rename: a scan pairs them
-                    continue
-                if stat.S_ISDIR(info.st_mode):
-                    rescan = True  # a new directory: files in it may predate the watch
-                elif stat.S_ISREG(info.st_mode):
-                    self.ingest(local, result)
-        if rescan:
-            scanned = self.scan()
-            for name in ("added", "changed", "deleted", "renamed", "written", "new_bytes"):
-                setattr(result, name, getattr(result, name) + getattr(scanned, name))
-            result.problems += scanned.problems
-        elif self.mirror:
-            result.written += self.materialize(None)
+            for local in regular:
+                put = self.ingest(local, result)
+                if put is not None and put.changed:
+                    touched.append(put.doc_id)
+        if self.mirror and touched:  # a text edit merged with others: write the merge back
+            result.written += self.materialize(touched)
         return result
 
     # --- vault -> disk (mirror) ---------------------------------------------------------------

@@ -1,0 +1,252 @@
+"""Files in one process: real folders, real SQLite homes, replicas exchanging real events."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import files
+from engine.blobs import CHUNK_MAX, CHUNK_MIN, cut
+from engine.ingest import FileWriter
+from replicas.filesout import content, resolve_file
+from replicas.folders import Folder, ScanResult
+from replicas.vault import Replica
+from tests.conftest import all_raw
+
+
+def exchange(*replicas: Replica) -> None:
+    """Every replica gets every other's events (as sync would deliver them)."""
+    for source in replicas:
+        raws = all_raw(source)
+        for target in replicas:
+            if target is not source:
+                for raw in raws:
+                    target.engine.accept_remote(raw)
+
+
+def folder(replica: Replica, path: Path, *, mirror: bool = False) -> tuple[Folder, list[str]]:
+    path.mkdir(parents=True, exist_ok=True)
+    reports: list[str] = []
+    return Folder(replica, path, mirror=mirror, report=reports.append), reports
+
+
+def current(replica: Replica, path: str) -> bytes:
+    return b"".join(content(replica, resolve_file(replica, path), None))
+
+
+def noise(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def test_add_list_get_byte_exact_and_dedup(trio: list[Replica], tmp_path: Path) -> None:
+    a = trio[0]
+    src, _ = folder(a, tmp_path / "src")
+    big = noise(3 * CHUNK_MAX + 12345, 1)
+    (src.root / "sub").mkdir()
+    (src.root / "sub" / "big.bin").write_bytes(big)
+    (src.root / "copy.bin").write_bytes(big)
+    (src.root / "note.md").write_text("# Title\n\nhello\n")
+    result = src.scan()
+    assert (result.added, result.problems) == (3, [])
+    assert result.new_bytes == len(big) + len("# Title\n\nhello\n")  # the copy cost nothing
+    listing = {e.path: e for e in files.file_entries(a.store)}
+    assert set(listing) == {"sub/big.bin", "copy.bin", "note.md"}
+    assert listing["copy.bin"].hash == listing["sub/big.bin"].hash
+    assert listing["note.md"].text and not listing["copy.bin"].text
+    assert listing["note.md"].mime == "text/markdown"
+    stored = a.store.query_one("SELECT count(*), sum(size) FROM chunks")
+    assert stored is not None and stored[1] == len(big) + 15
+    assert current(a, "sub/big.bin") == big
+    b = trio[1]
+    exchange(a, b)
+    assert current(b, "copy.bin") == big
+    assert current(b, "note.md") == b"# Title\n\nhello\n"
+
+
+def test_versions_tombstones_renames_and_get_at(trio: list[Replica], tmp_path: Path) -> None:
+    a = trio[0]
+    src, _ = folder(a, tmp_path / "src")
+    one, two = noise(5000, 2), noise(7000, 3)
+    (src.root / "f.bin").write_bytes(one)
+    src.scan()
+    first = files.entry_at_path(a.store, "f.bin")
+    assert first is not None
+    (src.root / "f.bin").write_bytes(two)
+    os.utime(src.root / "f.bin", ns=(1, 10**18))  # a different mtime, whatever the clock says
+    assert src.scan().changed == 1
+    (src.root / "f.bin").rename(src.root / "g.bin")
+    result = src.scan()
+    assert (result.renamed, result.deleted, result.added) == (1, 0, 0)
+    entry = files.entry_at_path(a.store, "g.bin")
+    assert entry is not None and entry.doc_id == first.doc_id and entry.versions == 3
+    (src.root / "g.bin").unlink()
+    assert src.scan().deleted == 1
+    assert files.entry_at_path(a.store, "g.bin") is None
+    gone = files.file_entry(a.store, first.doc_id)
+    assert gone is not None and gone.deleted
+    first_event = a.store.event_by_rowid(first.rowid)
+    assert first_event is not None
+    old = b"".join(content(a, first.doc_id, first_event.id.hex()[:16]))
+    assert old == one  # the tombstoned file's first version is still there, byte-exact
+    with pytest.raises(files.NotFoundError):
+        b"".join(content(a, first.doc_id, None))
+
+
+def test_concurrent_text_edits_merge_through_mirrors(trio: list[Replica], tmp_path: Path) -> None:
+    a, b = trio[0], trio[1]
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    fb, _ = folder(b, tmp_path / "b-dir", mirror=True)
+    (fa.root / "plan.txt").write_text("apples\nbananas\ncherries\n")
+    fa.scan()
+    exchange(a, b)
+    fb.scan()
+    assert (fb.root / "plan.txt").read_text() == "apples\nbananas\ncherries\n"
+    (fa.root / "plan.txt").write_text("apples\nbananas (ripe)\ncherries\n")
+    (fb.root / "plan.txt").write_text("apples\nbananas\ncherries\ndates\n")
+    fa.scan()
+    fb.scan()
+    exchange(a, b)
+    fa.scan()
+    fb.scan()
+    merged = "apples\nbananas (ripe)\ncherries\ndates\n"
+    assert (fa.root / "plan.txt").read_text() == merged
+    assert (fb.root / "plan.txt").read_text() == merged
+    assert not list(fa.root.glob("*conflict*")) and not list(fb.root.glob("*conflict*"))
+    # Writing the merge back is not a new edit: another round changes nothing.
+    before = (len(all_raw(a)), len(all_raw(b)))
+    fa.scan()
+    fb.scan()
+    exchange(a, b)
+    assert (len(all_raw(a)), len(all_raw(b))) == before
+
+
+def test_binary_conflict_has_one_winner_everywhere(trio: list[Replica], tmp_path: Path) -> None:
+    a, b = trio[0], trio[1]
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    fb, _ = folder(b, tmp_path / "b-dir", mirror=True)
+    (fa.root / "photo.jpg").write_bytes(b"\xff\xd8" + noise(4000, 4))
+    fa.scan()
+    exchange(a, b)
+    fb.scan()
+    mine, theirs = b"\xff\xd8" + noise(4000, 5), b"\xff\xd8" + noise(4000, 6)
+    (fa.root / "photo.jpg").write_bytes(mine)
+    (fb.root / "photo.jpg").write_bytes(theirs)
+    fa.scan()
+    fb.scan()
+    exchange(a, b)
+    fa.scan()
+    fb.scan()
+    on_a, on_b = (fa.root / "photo.jpg").read_bytes(), (fb.root / "photo.jpg").read_bytes()
+    assert on_a == on_b and on_a in (mine, theirs)
+    for replica in (a, b):
+        entry = files.entry_at_path(replica.store, "photo.jpg")
+        assert entry is not None and entry.conflict
+        assert [c.path for c in files.conflicts(replica.store)] == ["photo.jpg"]
+        kept = {
+            b"".join(files.iter_content(replica.engine, v))
+            for v in files.versions(replica.store, entry.doc_id)
+        }
+        assert {mine, theirs} <= kept  # the loser stays in history
+    assert not [p for p in fa.root.iterdir() if p.name != "photo.jpg"]
+
+
+def test_mirror_materializes_and_follows_deletes(trio: list[Replica], tmp_path: Path) -> None:
+    a, b = trio[0], trio[1]
+    src, _ = folder(a, tmp_path / "src")
+    dst, _ = folder(b, tmp_path / "dst", mirror=True)
+    (src.root / "deep" / "er").mkdir(parents=True)
+    (src.root / "deep" / "er" / "x.bin").write_bytes(noise(CHUNK_MIN * 3, 7))
+    (src.root / "y.txt").write_text("why\n")
+    src.scan()
+    exchange(a, b)
+    assert dst.scan().written == 2
+    assert (dst.root / "deep" / "er" / "x.bin").read_bytes() == noise(CHUNK_MIN * 3, 7)
+    (src.root / "y.txt").unlink()
+    src.scan()
+    exchange(a, b)
+    dst.materialize(None)
+    assert not (dst.root / "y.txt").exists()
+    assert not [p for p in dst.root.rglob("*") if p.name.startswith(".shoal-tmp")]
+
+
+def test_ignore_patterns_temp_files_and_symlinks(make_replica, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a = make_replica("a")
+    src, reports = folder(a, tmp_path / "src")
+    (src.root / ".shoalignore").write_text("*.log\nbuild/\n!keep.log\n")
+    src, reports = folder(a, src.root)  # ignore rules are read when a folder is opened
+    for name in ("a.log", "keep.log", "doc.txt", "doc.txt~", "x.part", ".#lock", "build/out.o"):
+        (src.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (src.root / name).write_text(name)
+    (src.root / "loop").symlink_to(src.root)
+    src.scan()
+    assert {e.path for e in files.file_entries(a.store)} == {"keep.log", "doc.txt", ".shoalignore"}
+    assert any("symbolic link" in line for line in reports)
+
+
+def test_unsafe_remote_paths_are_refused(make_replica, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for bad in ("../escape", "/etc/passwd", "a/../../b", "a//b", "a\\b", "", "./a", "x\x00y"):
+        with pytest.raises(files.UnsafePathError):
+            files.check_path(bad)
+    a = make_replica("a")
+    dst, reports = folder(a, tmp_path / "dst", mirror=True)
+    assert dst.local_path("ok/" + "n" * 300) is None
+    assert any("longer than this system allows" in line for line in reports)
+
+
+def test_file_vanishing_or_unreadable_is_one_line_and_others_survive(
+    make_replica,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    a = make_replica("a")
+    src, _ = folder(a, tmp_path / "src")
+    (src.root / "fine.txt").write_text("fine\n")
+    os.mkfifo(src.root / "pipe")  # not a regular file: never opened (it would block)
+    result = ScanResult()
+    assert src.ingest(src.root / "missing.txt", result) is None
+    src.scan()
+    assert {e.path for e in files.file_entries(a.store)} == {"fine.txt"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.binary(max_size=3 * CHUNK_MIN), st.integers(0, 3 * CHUNK_MIN), st.binary(max_size=999))
+def test_chunking_is_lossless_and_an_insert_moves_few_chunks(
+    base: bytes, where: int, insert: bytes
+) -> None:
+    chunks = list(cut(io.BytesIO(base)))
+    assert b"".join(chunks) == base
+    assert all(len(c) <= CHUNK_MAX for c in chunks)
+    edited = base[:where] + insert + base[where:]
+    assert b"".join(cut(io.BytesIO(edited))) == edited
+
+
+def test_an_insert_in_a_big_file_stores_only_nearby_chunks(make_replica, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    a = make_replica("a")
+    writer = FileWriter(a.engine)
+    big = noise(12 * 1024 * 1024, 8)
+    first = writer.put("big.bin", io.BytesIO(big), mtime_ms=1)
+    edited = big[: 6 * 1024 * 1024] + b"inserted" + big[6 * 1024 * 1024 :]
+    second = writer.put("big.bin", io.BytesIO(edited), mtime_ms=2)
+    assert first.new_bytes == len(big)
+    assert second.new_bytes < 2 * CHUNK_MAX  # content-defined: only the chunk(s) around it
+    assert current(a, "big.bin") == edited
+
+
+def test_text_edits_apply_to_the_crdt_as_diffs() -> None:
+    old, new = "héllo wörld\nline two\n", "héllo big wörld\nline 2\n"
+    from pycrdt import Doc, Text
+
+    doc: Doc = Doc()  # type: ignore[type-arg]
+    body = doc.get("body", type=Text)
+    body.insert(0, old)
+    for offset, delete, insert in files.text_edits(old, new):
+        if delete:
+            del body[offset : offset + delete]
+        if insert:
+            body.insert(offset, insert)
+    assert str(body) == new
