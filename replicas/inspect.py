@@ -34,12 +34,16 @@ def status(replica: Replica) -> dict[str, Any]:
     vv = store.version_vector()
     docs = store.query_one("SELECT count(*) FROM docs")
     last_verify = store.get_fact("last_verify")
+    counted = store.query_one("SELECT count(*) FROM files WHERE deleted = 0")
+    conflicts = store.query_all("SELECT path FROM files WHERE heads > 1 ORDER BY path")
     return {
         "vault": log.vault_id.hex(),
         "replica": replica.engine.me.hex(),
         "name": replica.name,
         "events": store.event_count(),
         "documents": int(docs[0]) if docs else 0,
+        "files": int(counted[0]) if counted else 0,
+        "conflicts": [str(row[0]) for row in conflicts],
         "members": len(log.roster),
         "epoch": replica.engine.keyring.current_epoch,
         "version_vector": {
