@@ -57,9 +57,45 @@ class BlobKeys:
 
 
 def cut(stream: BinaryIO) -> Iterator[bytes]:
-    """The chunks of a stream, in order; memory stays bounded by ``CHUNK_MAX``."""
+    """The chunks of a stream, in order; memory stays bounded by ``CHUNK_MAX``.
+
+    A stream no longer than ``CHUNK_MIN`` is one chunk whatever the chunker would say, so
+    small files skip setting one up (most of the cost of ingesting a 4 KiB file).
+    """
+    head = stream.read(CHUNK_MIN + 1)
+    if len(head) <= CHUNK_MIN:
+        if head:
+            yield head
+        return
     from pyfastcdc import FastCDC
 
     chunker = FastCDC(avg_size=CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX)
-    for chunk in chunker.cut_stream(stream):
+    for chunk in chunker.cut_stream(_Rejoined(head, stream)):
         yield bytes(chunk.data)  # the library reuses its buffer: copy before the next cut
+
+
+class _Rejoined:
+    """A stream whose first bytes were already read: serves them again, then the rest."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        return self._rest.readinto(buffer)  # type: ignore[attr-defined,no-any-return]
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size < 0:
+                data = bytes(self._head) + self._rest.read()
+                self._head = memoryview(b"")
+                return data
+            data = bytes(self._head[:size])
+            self._head = self._head[size:]
+            return data
+        return self._rest.read(size)

@@ -425,14 +425,16 @@ class Folder:
         else:
             entries = [e for d in doc_ids if (e := files.file_entry(store, d)) is not None]
         written = 0
-        for entry in entries:
-            try:
-                if self._materialize_one(entry):
-                    written += 1
-            except ShoalError as exc:
-                self.report(f"not written {entry.path}: {exc}")
-            except OSError as exc:
-                self.report(f"not written {entry.path}: {exc.strerror or exc}")
+        for start in range(0, len(entries), BATCH_FILES):
+            with store.atomic():  # one commit per batch of files, not one per file
+                for entry in entries[start : start + BATCH_FILES]:
+                    try:
+                        if self._materialize_one(entry):
+                            written += 1
+                    except ShoalError as exc:
+                        self.report(f"not written {entry.path}: {exc}")
+                    except OSError as exc:
+                        self.report(f"not written {entry.path}: {exc.strerror or exc}")
         return written
 
     def _on_disk_unchanged(self, target: Path, seen: Seen | None) -> bool:
