@@ -155,8 +155,13 @@ def status(ctx: Context, as_json: bool) -> None:
     out.print(f"replica    {info['replica']} ({info['name']})")
     out.print(
         f"events     {info['events']}   documents {info['documents']}   "
-        f"members {info['members']}   key epoch {info['epoch']}"
+        f"members {info['members']}   key epoch {info['epoch']}   files {info['files']}"
     )
+    for path in info["conflicts"]:
+        out.print(
+            f"conflict   {path}: concurrent versions; the same winner is written everywhere,"
+            " the others are in `shoal files` history (get them with `shoal get --at`)"
+        )
     table = Table("author", "name", "seq", "head", title="version vector", title_justify="left")
     for author, head in info["version_vector"].items():
         table.add_row(author[:SHORT], head["name"], str(head["seq"]), head["id"][:SHORT])
@@ -493,6 +498,7 @@ def relay(data: Path, listen: str, quota: int, max_connections: int, verbose: bo
 @click.option("--discover", is_flag=True, help="Find LAN peers of this vault with mDNS.")
 @click.option("--watch", "watch_dirs", multiple=True, type=DIR, help="Ingest this folder live.")
 @click.option("--mirror", "mirror_dirs", multiple=True, type=DIR, help="Keep this folder two-way.")
+@click.option("--processors", metavar="LIST", help="Offer ocr,extract,embed,llm, auto or none.")
 @click.option("-v", "--verbose", is_flag=True, help="Log connections.")
 @pass_ctx
 @guarded
@@ -504,12 +510,14 @@ def serve(
     discover: bool,
     watch_dirs: tuple[Path, ...],
     mirror_dirs: tuple[Path, ...],
+    processors: str | None,
     verbose: bool,
 ) -> None:
     """Sync live with peers and relays until interrupted."""
     import asyncio
 
     from replicas.node import serve_node
+    from replicas.processing import serving_task
     from replicas.relay import parse_listen
     from replicas.watching import open_folders
 
@@ -517,7 +525,8 @@ def serve(
     bind = parse_listen(listen, 7421) if listen else None
     with ctx.replica() as replica:
         folders = open_folders(replica, list(watch_dirs), list(mirror_dirs), _report)
-        asyncio.run(serve_node(replica, bind, list(relays), list(peers), discover, folders))
+        work = serving_task(replica, processors)
+        asyncio.run(serve_node(replica, bind, list(relays), list(peers), discover, folders, work))
 
 
 def _report(line: str) -> None:
@@ -910,6 +919,134 @@ def demo() -> None:
     from replicas.demo import run_demo
 
     run_demo(lambda text: out.print(text, markup=False))
+
+
+# --- processors: jobs, process, search, info ----------------------------------------------
+
+
+@main.command()
+@json_option
+@pass_ctx
+@guarded
+def jobs(ctx: Context, as_json: bool) -> None:
+    """Processor jobs: waiting for a capability, claimed, done, failed (with the reason)."""
+    from replicas import processing
+
+    with ctx.replica() as replica:
+        rows = processing.job_rows(replica)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("doc", "title", "processor", "state")
+    for r in rows:
+        table.add_row(r["doc"][:SHORT], r["title"], r["processor"], r["detail"])
+    out.print(table)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One pass over what is claimable now; no waiting.")
+@click.option(
+    "--processors",
+    "offer",
+    metavar="LIST",
+    help="Offer ocr,extract,embed,llm,textstats, auto or none [default: auto = detected].",
+)
+@json_option
+@pass_ctx
+@guarded
+def process(ctx: Context, once: bool, offer: str | None, as_json: bool) -> None:
+    """Run this replica's processors until its share of the job queue is drained."""
+    from replicas import processing
+
+    with ctx.replica() as replica:
+        outcomes = processing.process(replica, once=once, offer=offer)
+    rows = [
+        {
+            "processor": o.key.processor,
+            "doc": o.key.doc.hex(),
+            "status": o.status,
+            "detail": o.detail,
+        }
+        for o in outcomes
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        detail = f": {r['detail']}" if r["detail"] else ""
+        out.print(f"{r['processor']:<10} {r['doc'][:SHORT]}  {r['status']}{detail}", markup=False)
+    done = sum(1 for r in rows if r["status"] == "done")
+    out.print(f"processed {done} job(s), {len(rows) - done} not done")
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@pass_ctx
+@guarded
+def search(ctx: Context, query: str, k: int, as_json: bool) -> None:
+    """Search documents by meaning and keywords (hybrid ranking)."""
+    from replicas import processing
+
+    with ctx.replica() as replica:
+        found = processing.search(replica, query, k)
+    if as_json:
+        emit_json(found)
+        return
+    if not found["mode"].startswith("hybrid"):
+        out.print(f"[dim]{found['mode']}[/dim]")
+    table = Table("score", "doc", "title", "snippet")
+    for hit in found["hits"]:
+        snippet = " ".join(hit["snippet"].split())
+        table.add_row(f"{hit['score']:.3f}", hit["doc"][:SHORT], hit["title"], snippet)
+    out.print(table)
+
+
+def _by(entry: dict[str, Any]) -> str:
+    who = f"{entry['by'][:8]} {entry['by_name']}".rstrip()
+    stale = "" if entry["current"] else ", older input"
+    return f"{entry['processor']} v{entry['version']} by {who} at {when(entry['time_ms'])}{stale}"
+
+
+@main.command()
+@click.argument("doc")
+@json_option
+@pass_ctx
+@guarded
+def info(ctx: Context, doc: str, as_json: bool) -> None:
+    """A document's meta, text length, summary, and where each derived field came from."""
+    from replicas import processing
+
+    with ctx.replica() as replica:
+        found = processing.doc_info(replica, doc)
+    if as_json:
+        emit_json(found)
+        return
+    out.print(f"doc        {found['doc']}", markup=False)
+    out.print(f"title      {found.get('title', '')}", markup=False)
+    if found["kind"] == "file":
+        out.print(
+            f"file       {found['path']} ({found['mime']}, {found['size']} bytes)", markup=False
+        )
+    if found.get("tags"):
+        out.print(f"tags       {', '.join(found['tags'])}", markup=False)
+    out.print(f"text       {found['text_chars'] or 0} characters", markup=False)
+    derived = found["derived"]
+    if "text" in derived:
+        t = derived["text"]
+        out.print(f"  extracted by {t['method']}: {_by(t)}", markup=False)
+    if "summary" in derived:
+        s = derived["summary"]
+        out.print(f"summary    {s['text']}", markup=False)
+        out.print(f"  {_by(s)} (model {s['model']})", markup=False)
+    if "embedding" in derived:
+        e = derived["embedding"]
+        out.print(f"embedding  {e['chunks']} chunk(s), {e['embedder']}", markup=False)
+        out.print(f"  {_by(e)}", markup=False)
+    for job in found["jobs"]:
+        if job["state"] != "done":
+            out.print(f"job        {job['processor']}: {job['detail']}", markup=False)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -291,6 +291,7 @@ async def serve_node(
     peers: list[str],
     discover: bool,
     folders: list[Folder] | None = None,
+    processing: Callable[[asyncio.Event], Coroutine[None, None, None]] | None = None,
 ) -> None:
     """Run the daemon until SIGINT/SIGTERM (with its watched and mirrored folders)."""
     node = Node(replica, relays, peers)
@@ -317,6 +318,8 @@ async def serve_node(
         from replicas.watching import run_folders
 
         tasks.append(asyncio.create_task(run_folders(replica, folders, node.stop)))
+    if processing is not None:
+        tasks.append(asyncio.create_task(processing(node.stop)))
     if discover:
         from replicas.discovery import discover_peers
 

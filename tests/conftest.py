@@ -11,6 +11,7 @@ import pytest
 from eventlog.crypto import KxKey, SigningKey
 from replicas.home import Home
 from replicas.vault import Replica, init_vault, join_vault
+from tests.fake_ollama import FakeOllama
 
 
 def all_raw(replica: Replica) -> list[bytes]:
@@ -55,3 +56,10 @@ def trio(tmp_path: Path) -> Iterator[list[Replica]]:
     for replica in replicas:
         with contextlib.suppress(Exception):
             replica.close()
+
+
+@pytest.fixture
+def fake_ollama() -> Iterator[FakeOllama]:
+    """An Ollama API server on 127.0.0.1 (``.url``; ``.calls(path)`` lists what it was asked)."""
+    with FakeOllama() as server:
+        yield server

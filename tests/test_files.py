@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from engine import files
 from engine.blobs import CHUNK_MAX, CHUNK_MIN, cut
 from engine.ingest import FileWriter
+from eventlog.errors import NotFoundError
 from replicas.filesout import content, resolve_file
 from replicas.folders import Folder, ScanResult
 from replicas.vault import Replica
@@ -94,7 +96,7 @@ def test_versions_tombstones_renames_and_get_at(trio: list[Replica], tmp_path: P
     assert first_event is not None
     old = b"".join(content(a, first.doc_id, first_event.id.hex()[:16]))
     assert old == one  # the tombstoned file's first version is still there, byte-exact
-    with pytest.raises(files.NotFoundError):
+    with pytest.raises(NotFoundError):
         b"".join(content(a, first.doc_id, None))
 
 
@@ -175,7 +177,9 @@ def test_mirror_materializes_and_follows_deletes(trio: list[Replica], tmp_path: 
     assert not [p for p in dst.root.rglob("*") if p.name.startswith(".shoal-tmp")]
 
 
-def test_ignore_patterns_temp_files_and_symlinks(make_replica, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_ignore_patterns_temp_files_and_symlinks(
+    make_replica: Callable[[str], Replica], tmp_path: Path
+) -> None:
     a = make_replica("a")
     src, reports = folder(a, tmp_path / "src")
     (src.root / ".shoalignore").write_text("*.log\nbuild/\n!keep.log\n")
@@ -189,7 +193,9 @@ def test_ignore_patterns_temp_files_and_symlinks(make_replica, tmp_path: Path) -
     assert any("symbolic link" in line for line in reports)
 
 
-def test_unsafe_remote_paths_are_refused(make_replica, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unsafe_remote_paths_are_refused(
+    make_replica: Callable[[str], Replica], tmp_path: Path
+) -> None:
     for bad in ("../escape", "/etc/passwd", "a/../../b", "a//b", "a\\b", "", "./a", "x\x00y"):
         with pytest.raises(files.UnsafePathError):
             files.check_path(bad)
@@ -200,7 +206,7 @@ def test_unsafe_remote_paths_are_refused(make_replica, tmp_path: Path) -> None: 
 
 
 def test_file_vanishing_or_unreadable_is_one_line_and_others_survive(
-    make_replica,  # type: ignore[no-untyped-def]
+    make_replica: Callable[[str], Replica],
     tmp_path: Path,
 ) -> None:
     a = make_replica("a")
@@ -225,7 +231,9 @@ def test_chunking_is_lossless_and_an_insert_moves_few_chunks(
     assert b"".join(cut(io.BytesIO(edited))) == edited
 
 
-def test_an_insert_in_a_big_file_stores_only_nearby_chunks(make_replica, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_an_insert_in_a_big_file_stores_only_nearby_chunks(
+    make_replica: Callable[[str], Replica], tmp_path: Path
+) -> None:
     a = make_replica("a")
     writer = FileWriter(a.engine)
     big = noise(12 * 1024 * 1024, 8)

@@ -102,11 +102,11 @@ def test_identical_files_are_stored_once_and_big_files_stream(tmp_path: Path) ->
     src.mkdir()
     size = scaled(1 << 30, 64 << 20)  # 1 GiB in a full run
     rng = random.Random(11)
-    with open(src / "big.bin", "wb") as out:
+    with open(src / "big.bin", "wb") as sink:
         left = size
         while left:
             block = rng.randbytes(min(left, 8 << 20))
-            out.write(block)
+            sink.write(block)
             left -= len(block)
     os.link(src / "big.bin", src / "same.bin")  # identical content under a second name
     code = (
