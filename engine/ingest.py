@@ -63,6 +63,17 @@ def is_text(data: bytes) -> bool:
     return True
 
 
+def unchanged_text(
+    engine: Engine, entry: files.FileEntry | None, path: str, text: bool, kept: bytearray
+) -> bool:
+    """The file already says what the merged document says (say, the mirror wrote it and
+    crashed before noting so): diffing it against an older base would apply merged-in edits
+    a second time, so there is nothing to ingest."""
+    if not (text and entry is not None and entry.text and not entry.deleted):
+        return False
+    return entry.path == path and str(engine.open(entry.doc_id).body) == kept.decode("utf-8")
+
+
 class FileWriter:
     """Writes files into one engine's vault (``Ingester`` of the folder layer uses it)."""
 
@@ -119,6 +130,10 @@ class FileWriter:
             )
             if unchanged and entry is not None:
                 return Put(entry.doc_id, path, content_hash, size, False, 0, base_state, entry.text)
+            if unchanged_text(engine, entry, path, text, kept):
+                assert entry is not None
+                merged = bytes(engine.open(entry.doc_id).doc.get_update())
+                return Put(entry.doc_id, path, content_hash, size, False, 0, merged, True)
             doc_id = doc_id or new_doc_id()
             state = None
             if text:

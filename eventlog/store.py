@@ -297,22 +297,26 @@ class Store:
         limits, runs on to the first one (anchors are never further apart than the largest
         segment we accepted, which the receiving side bounds).
         """
-        rows = self.range(author, first, min(last, first + max_events - 1))
+        sizes = self.query_all(  # sizes first: length() does not read the blobs
+            "SELECT seq, length(raw), anchor FROM events WHERE author = ? AND seq BETWEEN ? AND ?"
+            " ORDER BY seq",
+            (author, first, min(last, first + max_events - 1)),
+        )
         size = 0
-        for i, row in enumerate(rows):
-            size += len(row.raw)
+        for i, (_, length, _) in enumerate(sizes):
+            size += length
             if size > max_bytes and i > 0:
-                rows = rows[:i]
+                sizes = sizes[:i]
                 break
-        anchors = [i for i, row in enumerate(rows) if row.anchor]
+        anchors = [int(seq) for seq, _, anchor in sizes if anchor]
         if anchors:
-            return rows[: anchors[-1] + 1]
+            return self.range(author, first, anchors[-1])
         extra = self.query_one(
             "SELECT min(seq) FROM events WHERE author = ? AND seq > ? AND seq <= ? AND anchor",
-            (author, rows[-1].seq if rows else first - 1, last),
+            (author, int(sizes[-1][0]) if sizes else first - 1, last),
         )
         if extra is None or extra[0] is None:
-            return rows
+            return self.range(author, first, int(sizes[-1][0])) if sizes else []
         return self.range(author, first, int(extra[0]))
 
     def range(self, author: bytes, first: int, last: int) -> list[StoredEvent]:

@@ -200,9 +200,9 @@ class Folder:
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         return self.ignore.match_file(path + "/" if is_dir else path)
 
-    def walk(self) -> Iterable[tuple[Path, os.stat_result]]:
-        """Every regular file under the root (no symlinks followed: no loops)."""
-        stack = [self.root]
+    def walk(self, start: Path | None = None) -> Iterable[tuple[Path, os.stat_result]]:
+        """Every regular file under the root or ``start`` (no symlinks followed: no loops)."""
+        stack = [start or self.root]
         while stack:
             directory = stack.pop()
             try:
@@ -383,37 +383,76 @@ class Folder:
     def changed_paths(self, changes: Iterable[tuple[str, Path]]) -> ScanResult:
         """Handle a watcher's batch: ("added"|"modified"|"deleted", path) pairs.
 
-        A batch where something vanished or a directory appeared is handled by a scan: a
-        deletion may be half of a rename (the scan pairs it with its other half by content),
-        and files written right after a ``mkdir`` can precede the watch on the new directory.
+        Only what the batch names is looked at: a new directory is walked (files written
+        right after a ``mkdir`` can precede the watch on it), a vanished path becomes a
+        deletion of what we knew there (a whole directory's worth for a directory), and a
+        vanished file whose content reappears in the same batch is a rename.
         """
         changes = list(changes)
         if any(local.name == IGNORE_FILE for _, local in changes):
             self.ignore = _ignore_spec(self.root)
-        regular = []
-        for change, local in changes:
+        result = ScanResult()
+        present: dict[Path, os.stat_result] = {}
+        gone: dict[str, Seen] = {}
+        for _, local in changes:
             try:
                 info = local.lstat()
             except FileNotFoundError:
-                return self.scan()
+                gone.update(self._seen_at_or_under(local))
+                continue
             except OSError as exc:
-                result = ScanResult()
                 self._problem(result, f"skipped {local}: {exc.strerror or exc}")
                 continue
             if stat.S_ISDIR(info.st_mode):
-                return self.scan()
-            if stat.S_ISREG(info.st_mode) and change != "deleted":
-                regular.append(local)
-        result = ScanResult()
+                rel = local.relative_to(self.root).as_posix() if local != self.root else ""
+                if local == self.root or not self.ignored(rel, is_dir=True):
+                    present.update(self.walk(local))
+            elif stat.S_ISREG(info.st_mode):
+                present[local] = info
+        for local in present:
+            path = self.vault_path(local)
+            if path is not None:
+                gone.pop(path, None)
+        fresh = [
+            (local, info)
+            for local, info in present.items()
+            if (path := self.vault_path(local)) is not None and self._seen(path) is None
+        ]
+        renamed = self._match_renames(gone, fresh, result)
         touched = []
         with self.store.atomic():
-            for local in regular:
+            for local in present:
+                if local in renamed:
+                    continue
                 put = self.ingest(local, result)
                 if put is not None and put.changed:
                     touched.append(put.doc_id)
+            for path, seen in gone.items():
+                self._deleted(path, seen, result)
         if self.mirror and touched:  # a text edit merged with others: write the merge back
             result.written += self.materialize(touched)
         return result
+
+    def _seen_at_or_under(self, local: Path) -> dict[str, Seen]:
+        """What we knew at a vanished path: one file, or everything under a directory."""
+        try:
+            rel = local.relative_to(self.root).as_posix()
+        except ValueError:
+            return {}
+        found = {}
+        seen = self._seen(rel)
+        if seen is not None:
+            found[rel] = seen
+        prefix = rel + "/"
+        rows = self.store.query_all(
+            "SELECT path FROM folder_files WHERE root = ? AND substr(path, 1, ?) = ?",
+            (self.key, len(prefix), prefix),
+        )
+        for (path,) in rows:
+            seen = self._seen(str(path))
+            if seen is not None:
+                found[str(path)] = seen
+        return found
 
     # --- vault -> disk (mirror) ---------------------------------------------------------------
 

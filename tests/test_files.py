@@ -258,3 +258,25 @@ def test_text_edits_apply_to_the_crdt_as_diffs() -> None:
         if insert:
             body.insert(offset, insert)
     assert str(body) == new
+
+
+def test_a_merge_written_but_not_noted_is_not_applied_twice(
+    trio: list[Replica], tmp_path: Path
+) -> None:
+    a, b = trio[0], trio[1]
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    fb, _ = folder(b, tmp_path / "b-dir", mirror=True)
+    (fa.root / "t.txt").write_text("one\n")
+    fa.scan()
+    exchange(a, b)
+    fb.scan()
+    (fb.root / "t.txt").write_text("one\ntwo\n")
+    fb.scan()
+    exchange(a, b)
+    # A's mirror wrote the merge and died before noting it: its base is still "one\n".
+    (fa.root / "t.txt").write_text("one\ntwo\n")
+    os.utime(fa.root / "t.txt", ns=(1, 10**18))
+    fa.scan()
+    doc = resolve_file(a, "t.txt")
+    assert str(a.engine.open(doc).body) == "one\ntwo\n"  # not "one\ntwo\ntwo\n"
+    assert (fa.root / "t.txt").read_text() == "one\ntwo\n"
