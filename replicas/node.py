@@ -267,14 +267,20 @@ class Node:
     async def watch_local(self) -> None:
         """Notice commits by other processes on this home (and our own) and push them."""
         last = self.replica.store.last_rowid()
-        while not self.stop.is_set():
-            self.replica.log.refresh()
-            now = self.replica.store.last_rowid()
-            if now != last:
-                last = now
-                self.wake_all()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), POLL_S)
+        ours = asyncio.Event()  # our own writes (watched folders, processors) wake at once
+        self.replica.engine.add_wakeup(ours)
+        try:
+            while not self.stop.is_set():
+                self.replica.log.refresh()
+                now = self.replica.store.last_rowid()
+                if now != last:
+                    last = now
+                    self.wake_all()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ours.wait(), POLL_S)
+                ours.clear()
+        finally:
+            self.replica.engine.remove_wakeup(ours)
 
     def app(self) -> web.Application:
         app = web.Application()
