@@ -135,9 +135,15 @@ def _peer(session: Session) -> str:
 async def connect(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse:
     """Open a sync WebSocket with our frame limit and heartbeat."""
     return await http.ws_connect(
-        url, max_msg_size=MAX_FRAME_BYTES, heartbeat=HEARTBEAT_S, autoping=True
+        url,
+        max_msg_size=MAX_FRAME_BYTES,
+        heartbeat=HEARTBEAT_S,
+        autoping=True,
+        compress=0,  # ciphertext does not compress: deflate would only burn CPU both ways
     )
 
 
 def server_socket() -> web.WebSocketResponse:
-    return web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=HEARTBEAT_S)
+    return web.WebSocketResponse(
+        max_msg_size=MAX_FRAME_BYTES, heartbeat=HEARTBEAT_S, compress=False
+    )
