@@ -395,6 +395,8 @@ class Folder:
         present: dict[Path, os.stat_result] = {}
         gone: dict[str, Seen] = {}
         for _, local in changes:
+            if local.name.startswith(TEMP_PREFIX):
+                continue  # our own mirror writes, renamed into place a moment later
             try:
                 info = local.lstat()
             except FileNotFoundError:
@@ -443,10 +445,9 @@ class Folder:
         seen = self._seen(rel)
         if seen is not None:
             found[rel] = seen
-        prefix = rel + "/"
-        rows = self.store.query_all(
-            "SELECT path FROM folder_files WHERE root = ? AND substr(path, 1, ?) = ?",
-            (self.key, len(prefix), prefix),
+        rows = self.store.query_all(  # paths under rel/ sort between "rel/" and "rel0"
+            "SELECT path FROM folder_files WHERE root = ? AND path > ? AND path < ?",
+            (self.key, rel + "/", rel + "0"),
         )
         for (path,) in rows:
             seen = self._seen(str(path))
