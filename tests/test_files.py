@@ -18,6 +18,7 @@ from engine.ingest import FileWriter
 from eventlog.errors import NotFoundError
 from replicas.filesout import content, resolve_file
 from replicas.folders import Folder, ScanResult
+from replicas.inspect import status
 from replicas.vault import Replica
 from tests.conftest import all_raw
 
@@ -150,6 +151,7 @@ def test_binary_conflict_has_one_winner_everywhere(trio: list[Replica], tmp_path
         entry = files.entry_at_path(replica.store, "photo.jpg")
         assert entry is not None and entry.conflict
         assert [c.path for c in files.conflicts(replica.store)] == ["photo.jpg"]
+        assert status(replica)["conflicts"] == ["photo.jpg"]  # what `shoal status` prints
         kept = {
             b"".join(files.iter_content(replica.engine, v))
             for v in files.versions(replica.store, entry.doc_id)
