@@ -411,26 +411,41 @@ def show(ctx: Context, event: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--deep", is_flag=True, help="Also rebuild all derived state from the log and compare."
+)
 @json_option
 @pass_ctx
 @guarded
-def verify(ctx: Context, as_json: bool) -> None:
+def verify(ctx: Context, deep: bool, as_json: bool) -> None:
     """Check signatures, chains, decryptability, equivocations, pending. Exit 1 on any problem."""
     with ctx.replica() as replica:
         report, sqlite_problems = inspect.verify(replica)
-    problems: list[dict[str, Any]] = [
-        {
-            "kind": p.kind,
-            "reason": p.reason,
-            "event": p.event_id.hex() if p.event_id else None,
-            "author": p.author.hex() if p.author else None,
-            "seq": p.seq,
-        }
-        for p in report.problems
-    ] + [
-        {"kind": "sqlite", "reason": text, "event": None, "author": None, "seq": None}
-        for text in sqlite_problems
-    ]
+        derived: list[str] = []
+        if deep:
+            from replicas.deep_verify import deep_verify
+
+            derived = deep_verify(replica)
+    problems: list[dict[str, Any]] = (
+        [
+            {
+                "kind": p.kind,
+                "reason": p.reason,
+                "event": p.event_id.hex() if p.event_id else None,
+                "author": p.author.hex() if p.author else None,
+                "seq": p.seq,
+            }
+            for p in report.problems
+        ]
+        + [
+            {"kind": "sqlite", "reason": text, "event": None, "author": None, "seq": None}
+            for text in sqlite_problems
+        ]
+        + [
+            {"kind": "derived", "reason": text, "event": None, "author": None, "seq": None}
+            for text in derived
+        ]
+    )
     if as_json:
         emit_json({"ok": not problems, "events": report.events, "problems": problems})
     else:
@@ -885,31 +900,62 @@ def backup(ctx: Context, url: str, as_json: bool) -> None:
         sys.exit(1)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @json_option
-@pass_ctx
+@click.pass_context
+def devices(click_ctx: click.Context, as_json: bool) -> None:
+    """Members of the vault: id, name, role, key epochs, added and removed by whom."""
+    if click_ctx.invoked_subcommand is None:
+        _list_devices(click_ctx.ensure_object(Context), as_json)
+
+
 @guarded
-def devices(ctx: Context, as_json: bool) -> None:
-    """Members of the vault: id, name, role, added by, added at."""
+def _list_devices(ctx: Context, as_json: bool) -> None:
     with ctx.replica() as replica:
         rows = inspect.devices(replica)
     if as_json:
         emit_json(rows)
         return
-    table = Table("id", "name", "role", "added by", "added at", "note")
+    table = Table("id", "name", "role", "epochs", "added by", "added at", "note")
     for r in rows:
         note = "this replica" if r["this_replica"] else ""
         if r["role"] == "invite":
             note = "used" if r["used"] else f"expires {when(r['expires_ms'])}"
+        if r["removed"]:
+            removed = f"REMOVED {when(r['removed_ms'])} by {r['removed_by'][:8]}"
+            note = f"{removed}, events after seq {r['cutoff']} refused"
         table.add_row(
             r["id"][:SHORT],
             r["name"],
             r["role"],
+            str(len(r["epochs"])),
             f"{r['added_by'][:8]} {r['added_by_name']}".rstrip(),
             when(r["added_ms"]),
             note,
         )
     out.print(table)
+
+
+@devices.command("remove")
+@click.argument("device")
+@json_option
+@pass_ctx
+@guarded
+def devices_remove(ctx: Context, device: str, as_json: bool) -> None:
+    """Remove a member (id prefix): a new key epoch that only the remaining members get."""
+    from replicas.devices import remove_device
+
+    with ctx.replica() as replica:
+        result = remove_device(replica, device)
+    if as_json:
+        emit_json(result)
+        return
+    out.print(
+        f"removed {result['removed'][:SHORT]} ({result['role']}); its events after seq"
+        f" {result['cutoff']} will be refused; new key epoch for"
+        f" {len(result['recipients'])} remaining member(s)."
+        " Sync (`shoal sync` or a running `shoal serve`) to tell the others."
+    )
 
 
 @main.command()

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from engine import documents, files
 from engine.documents import DOC_ID_BYTES, LiveDoc
 from eventlog.accept import Accepted, Log, Outcome, now_ms
-from eventlog.crypto import KxKey, SigningKey, wrap_key
+from eventlog.crypto import KxKey, SigningKey, random_key, wrap_key
 from eventlog.envelope import Event, Kind, decode_event
 from eventlog.errors import (
     AmbiguousError,
@@ -33,7 +33,16 @@ from eventlog.errors import (
     NotFoundError,
     WrongTypeError,
 )
-from eventlog.membership import ROLE_FULL, member_add_payload, wrap_context, wrapped_keys
+from eventlog.membership import (
+    ROLE_FULL,
+    ROLE_INVITE,
+    Member,
+    member_add_payload,
+    member_remove_payload,
+    rotation_epoch,
+    wrap_context,
+    wrapped_keys,
+)
 from eventlog.migrate import migrate
 from eventlog.payload import Payload, decode_payload, field_bytes
 from eventlog.sealing import Keyring
@@ -90,6 +99,12 @@ class Engine:
         self._applied = 0
         """Highest rowid applied in the open transaction; written once, at commit."""
         self.store.pre_commit_hooks.append(self._write_applied)
+        self.kx: KxKey | None = None
+        """Our X25519 key, to unwrap the epoch keys a removal brings (set by ``replicas``)."""
+        self.keys_changed: Callable[[dict[int, bytes]], None] | None = None
+        """Called with every epoch key we hold when we learn a new one (to save them)."""
+        self.rebuilt_hooks: list[Callable[[], None]] = []
+        """Called after :meth:`rebuild`, so derived state above the engine follows."""
         self.catch_up()
 
     @property
@@ -188,8 +203,51 @@ class Engine:
         self._notify()
         return accepted
 
+    def remove_member(self, member: bytes) -> Accepted:
+        """Remove a member and start a new key epoch that only the remaining members get.
+
+        The removal records how far we hold the removed author's log (its ``cutoff``); every
+        replica and the relay then refuse that author's later events. The new epoch key is
+        wrapped for each remaining member, delegates included (an unused invite or the
+        recovery key must still let a device read new events), and we seal under it from now
+        on. See ``eventlog.membership`` for how concurrent removals resolve.
+        """
+        roster = self.log.roster
+        if member == self.me:
+            raise MembershipError("a device cannot remove itself; remove it from another device")
+        if member not in roster:
+            if member in self.log.removed:
+                raise MembershipError("that device was already removed")
+            raise NotFoundError(f"no member {member.hex()}")
+        head = self.log.head(member)
+        cutoff = 0 if head is None else head.seq
+        epoch = rotation_epoch(self.log.next_position(self.me).lamport, self.me)
+        key = random_key()
+        vault = self.log.vault_id
+        keys = {
+            m.author: wrap_key(m.kx, key, wrap_context(vault, epoch, m.author))
+            for m in roster.values()
+            if m.author != member and self._gets_new_keys(m)
+        }
+        payload = member_remove_payload(member, cutoff, epoch, keys)
+        accepted = self._append(payload, kind=Kind.MEMBERSHIP)
+        self.keyring.add(epoch, key)
+        self._keys_learnt()
+        self._notify()
+        return accepted
+
+    def _gets_new_keys(self, member: Member) -> bool:
+        """An invite that was used or has expired can no longer connect: it needs no key."""
+        if member.role != ROLE_INVITE:
+            return True
+        return self.log.head(member.author) is None and now_ms() <= member.expires_ms
+
     def adopt_keys(self, kx: KxKey, member: bytes | None = None) -> dict[int, bytes]:
-        """Unwrap the epoch keys a ``member.add`` carries (ours by default) and use them."""
+        """Unwrap the epoch keys wrapped for ``member`` (ours by default) and use them.
+
+        Its ``member.add`` carries the epochs that existed then; each later valid removal
+        carries the epoch it started, wrapped for every member that remained.
+        """
         member = self.me if member is None else member
         entry = self.log.roster.get(member)
         if entry is None:
@@ -199,11 +257,39 @@ class Engine:
             raise NotFoundError("the membership event is not in the store")
         payload = decode_payload(decode_event(row.raw).body)
         keys = {}
+        vault = self.log.vault_id
         for epoch, wrapped in wrapped_keys(payload).items():
-            keys[epoch] = kx.unwrap(wrapped, wrap_context(self.log.vault_id, epoch, member))
+            keys[epoch] = kx.unwrap(wrapped, wrap_context(vault, epoch, member))
             self.keyring.add(epoch, keys[epoch])
+        keys.update(self._unwrap_rotations(kx, member))
         self._reapply_unopened()
         return keys
+
+    def _unwrap_rotations(self, kx: KxKey, member: bytes) -> dict[int, bytes]:
+        keys = {}
+        for _, removal in self.log.fold.rotations:
+            wrapped = removal.keys.get(member)
+            if wrapped is not None and not self.keyring.has(removal.epoch):
+                keys[removal.epoch] = kx.unwrap(
+                    wrapped, wrap_context(self.log.vault_id, removal.epoch, member)
+                )
+                self.keyring.add(removal.epoch, keys[removal.epoch])
+        return keys
+
+    def _roster_changed(self, outcome: Outcome) -> None:
+        """After a membership event: take the new epoch keys meant for us; drop what the
+        roster now revokes (derived state is rebuilt from the events that stand)."""
+        if outcome.revoked_changed:
+            self.flush()
+            self.rebuild()
+        kx = self.kx
+        if outcome.roster_changed and kx is not None and self._unwrap_rotations(kx, self.me):
+            self._keys_learnt()
+            self._reapply_unopened()
+
+    def _keys_learnt(self) -> None:
+        if self.keys_changed is not None:
+            self.keys_changed(self.keyring.epochs())
 
     def _reapply_unopened(self) -> None:
         rows = self.store.query_all("SELECT rowid FROM event_index WHERE type IS NULL")
@@ -254,6 +340,7 @@ class Engine:
             self._apply(ours, payload, echo)
             for accepted in unblocked:
                 self._apply(accepted, None, None)
+        self._roster_changed(outcome)
         return ours
 
     def append_record(self, payload: Payload) -> Accepted:
@@ -278,7 +365,9 @@ class Engine:
         for row in self.store.events_after(rowid, limit):
             event = decode_event(row.raw)
             payload: Payload | None
-            if event.kind == Kind.DATA:
+            if self.log.revoked(event.author, event.seq):
+                payload = None
+            elif event.kind == Kind.DATA:
                 try:
                     payload = self.keyring.open_payload(event)
                 except (IntegrityError, DecodeError):
@@ -305,6 +394,7 @@ class Engine:
             outcome = self.log.accept(raw)
             for accepted in outcome.accepted:
                 self._apply(accepted, None, None)
+        self._roster_changed(outcome)
         self._notify()
         return outcome
 
@@ -318,6 +408,7 @@ class Engine:
             outcome = self.log.accept_batch(raws)
             for accepted in outcome.accepted:
                 self._apply(accepted, None, None)
+        self._roster_changed(outcome)
         self._notify()
         return outcome
 
@@ -361,7 +452,9 @@ class Engine:
     def _apply(self, accepted: Accepted, payload: Payload | None, echo: LiveDoc | None) -> None:
         event, rowid = accepted.event, accepted.rowid
         note = None
-        if payload is None and event.kind == Kind.DATA:
+        if self.log.revoked(event.author, event.seq):
+            note, payload = "revoked: written after its author was removed", None
+        elif payload is None and event.kind == Kind.DATA:
             try:
                 payload = self.keyring.open_payload(event)
             except (IntegrityError, DecodeError) as exc:
@@ -569,4 +662,7 @@ class Engine:
             ):
                 self.store.conn.execute(f"DELETE FROM {table}")
             self.store.conn.execute("UPDATE engine_state SET value = 0")
-        return self.catch_up()
+        applied = self.catch_up()
+        for hook in self.rebuilt_hooks:
+            hook()
+        return applied

@@ -2,6 +2,13 @@
 
 decode -> vault -> signature -> roster -> chain -> equivocation -> one transaction -> publish.
 A relay stops here; a full replica's engine then decrypts and applies what this returns.
+
+The roster is the fold of ``eventlog.membership`` over the stored membership events, re-run
+when one arrives. An event beyond its removed author's cutoff is *revoked*: not stored, not an
+error (a member that saw it before the removal may still offer it). Stored events that a new
+removal revokes stay in the log, but the version vector this log advertises stops at the
+cutoff (so they are never served) and ``Outcome.revoked_changed`` tells the engine to drop
+what it derived from them.
 """
 
 from __future__ import annotations
@@ -21,10 +28,27 @@ from eventlog.errors import (
     PendingFullError,
     WrongVaultError,
 )
-from eventlog.membership import Member, check_writer, founder_from_genesis, member_from_add
+from eventlog.membership import (
+    Member,
+    MembershipEntry,
+    Roster,
+    check_writer,
+    fold_roster,
+)
 from eventlog.payload import Payload, decode_payload
 from eventlog.sealing import Keyring, Position, author_event
 from eventlog.store import MAX_PENDING, Head, Store
+
+ROSTER_KINDS = frozenset({Kind.GENESIS, Kind.MEMBERSHIP})
+
+
+def _public_or_none(event: Event) -> Payload | None:
+    if event.epoch != 0:
+        return None
+    try:
+        return decode_payload(event.body)
+    except DecodeError:
+        return None
 
 
 def now_ms() -> int:
@@ -36,6 +60,8 @@ class Status(Enum):
     DUPLICATE = "duplicate"
     PENDING = "pending"
     EQUIVOCATION = "equivocation"
+    REVOKED = "revoked"
+    """Written by a removed author after its cutoff: refused, not stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +82,10 @@ class Outcome:
     """Pending events that turned out invalid once their turn came: ``(id, reason)``."""
     heads: dict[bytes, int] = field(default_factory=dict)
     """Highest seq per author among the events offered (stored, duplicate or parked)."""
+    roster_changed: bool = False
+    """A membership event was stored: the roster (and maybe the key epochs) changed."""
+    revoked_changed: bool = False
+    """Which stored events are revoked changed: derived state must be rebuilt."""
 
 
 class Log:
@@ -64,19 +94,53 @@ class Log:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.vault_id = store.vault_id
-        self._roster: dict[bytes, Member] = store.members()
         self._frozen: set[bytes] = store.frozen_authors()
         self._heads: dict[bytes, Head] = store.version_vector()
         """The version vector, kept in memory: sync sessions read it on every push."""
         self._lamport = max((h.lamport for h in self._heads.values()), default=0)
+        self._membership: dict[bytes, MembershipEntry] = {}
+        self._fold = Roster()
+        self._caps: dict[bytes, Head | None] = {}
+        """Authors whose stored log runs past what the roster allows: where it must stop."""
+        self.roster_version = 0
+        """Bumped whenever the fold changes (callers compare it to notice a change)."""
+        self._revoked_changed = False
+        self._load_roster()
         store.rollback_hooks.append(self._reload)
         store.external_change_hooks.append(self._reload)
 
     def _reload(self) -> None:
-        self._roster = self.store.members()
         self._frozen = self.store.frozen_authors()
         self._heads = self.store.version_vector()
         self._lamport = max((h.lamport for h in self._heads.values()), default=0)
+        self._load_roster()
+
+    def _load_roster(self) -> None:
+        entries: dict[bytes, MembershipEntry] = {}
+        for row in self.store.membership_events():
+            event = decode_event(row.raw)
+            if event.kind in ROSTER_KINDS:
+                entries[event.id] = (event, _public_or_none(event))
+        self._membership = entries
+        self._set_fold(fold_roster(self.vault_id, entries.values()))
+
+    def _set_fold(self, fold: Roster) -> bool:
+        """Adopt a new fold; True if it changes which stored events are revoked."""
+        before = dict(self._caps)
+        self._fold = fold
+        self.roster_version += 1
+        self._caps = {}
+        for author, head in self._heads.items():
+            member = fold.members.get(author)
+            limit = 0 if member is None else member.cutoff
+            if limit is None or head.seq <= limit:
+                continue
+            row = self.store.event_at(author, limit) if limit else None
+            self._caps[author] = None if row is None else Head(row.seq, row.id, row.lamport)
+        return before != self._caps
+
+    def _write_roster(self) -> None:
+        self.store.replace_members(self._fold.members)
 
     def refresh(self) -> None:
         """Pick up what other processes committed (cheap when nothing changed)."""
@@ -84,7 +148,21 @@ class Log:
 
     @property
     def roster(self) -> dict[bytes, Member]:
-        return dict(self._roster)
+        """The current members (removed ones are in :attr:`removed`)."""
+        return self._fold.active()
+
+    @property
+    def removed(self) -> dict[bytes, Member]:
+        return self._fold.removed()
+
+    @property
+    def fold(self) -> Roster:
+        """The whole fold: every member ever, invalid membership events, rotations."""
+        return self._fold
+
+    def revoked(self, author: bytes, seq: int) -> bool:
+        """Is this stored event beyond what the roster allows (its author removed before it)?"""
+        return not self._fold.allows(author, seq)
 
     @property
     def frozen(self) -> set[bytes]:
@@ -94,7 +172,12 @@ class Log:
         return self._heads.get(author)
 
     def version_vector(self) -> dict[bytes, Head]:
-        return dict(self._heads)
+        """How far we hold each log, stopping removed authors at their cutoff."""
+        if not self._caps:
+            return dict(self._heads)
+        vv = {a: h for a, h in self._heads.items() if a not in self._caps}
+        vv.update({a: h for a, h in self._caps.items() if h is not None})
+        return vv
 
     # --- local writes -----------------------------------------------------------------------
 
@@ -130,13 +213,24 @@ class Log:
             epoch,
             payload,
         )
+        version = self.roster_version
         with self.store.atomic():
             status, accepted = self._admit(event, now_ms())
+            if status is Status.REVOKED:
+                raise MembershipError("this device was removed from the vault")
             if status is not Status.ACCEPTED:
                 raise IntegrityError(f"local event was not accepted: {status.value}")
             outcome = Outcome(status, event.id, accepted)
             self._drain(outcome)
+            self._note_roster(outcome, version)
+        outcome.revoked_changed = self._revoked_changed
+        self._revoked_changed = False
         return outcome
+
+    def _note_roster(self, outcome: Outcome, version: int) -> None:
+        if self.roster_version != version:
+            outcome.roster_changed = True
+            self._write_roster()
 
     # --- remote events ----------------------------------------------------------------------
 
@@ -145,11 +239,17 @@ class Log:
         event = decode_event(raw)
         self._check_vault(event)
         verify_signature(event.author, event.sig, event.signed)
+        version = self.roster_version
         with self.store.atomic():
             status, accepted = self._admit(event, now_ms())
             outcome = Outcome(status, event.id, accepted)
             if accepted:
                 self._drain(outcome)
+            self._note_roster(outcome, version)
+        if status is Status.REVOKED:
+            outcome.dropped.append((event.id, "written after its author was removed"))
+        outcome.revoked_changed = self._revoked_changed
+        self._revoked_changed = False
         return outcome
 
     def accept_batch(self, raws: list[bytes]) -> Outcome:
@@ -187,6 +287,7 @@ class Log:
         for event in events:
             outcome.heads[event.author] = max(outcome.heads.get(event.author, 0), event.seq)
         now = now_ms()
+        version = self.roster_version
         with self.store.atomic():
             for i, event in enumerate(events):
                 status, accepted = self._admit(event, now, anchor=i in tails)
@@ -195,6 +296,11 @@ class Log:
                     start = len(outcome.accepted)
                     outcome.accepted.extend(accepted)
                     self._drain(outcome, start)
+                elif status is Status.REVOKED:
+                    outcome.dropped.append((event.id, "written after its author was removed"))
+            self._note_roster(outcome, version)
+        outcome.revoked_changed = self._revoked_changed
+        self._revoked_changed = False
         return outcome
 
     def _check_vault(self, event: Event) -> None:
@@ -220,33 +326,56 @@ class Log:
             if stored is not None:
                 self._equivocate(event, (stored.id, stored.raw), now)
                 return Status.EQUIVOCATION, []
+        # A membership event at its turn is not refused by the roster as it stands: an earlier
+        # (in fold order) one may reinstate its author, so it is judged by the fold it joins.
+        roster_kind = event.kind in ROSTER_KINDS
+        revoked = event.author in self._fold.members and self.revoked(event.author, event.seq)
+        if revoked and (not roster_kind or event.seq > expected):
+            return Status.REVOKED, []  # never parked: a peer re-offers it if a change reinstates
         if event.seq > expected:
             return self._park(event, f"waiting for seq {expected}", now, anchor)
         if head is not None and event.prev != head.id:
             raise BrokenChainError(f"prev does not name seq {head.seq} of this author")
         if head is not None and event.lamport <= head.lamport:
             raise BrokenChainError("lamport does not increase along the author's log")
-        member = self._roster_change(event)
-        if member is None and event.author not in self._roster:
+        if event.kind != Kind.GENESIS and event.author not in self._fold.members:
             return self._park(event, "author not on the roster yet", now, anchor)
+        fold = None
+        if roster_kind:
+            fold = self._fold_with(event)
+            if not fold.allows(event.author, event.seq):
+                return Status.REVOKED, []  # it lost to a concurrent removal of its author
+        else:
+            check_writer(self._fold, event)
         rowid = self.store.insert_event(event, anchor)
-        if member is not None:
-            self.store.put_member(member)
-            self._roster[member.author] = member
         self._heads[event.author] = Head(event.seq, event.id, event.lamport)
         self._lamport = max(self._lamport, event.lamport)
+        if fold is not None:
+            self._membership[event.id] = (event, self._public_payload(event))
+            self._revoked_changed |= self._set_fold(fold)
+            self._drop_revoked_pending()
         return Status.ACCEPTED, [Accepted(rowid, event)]
 
-    def _roster_change(self, event: Event) -> Member | None:
-        """The member a genesis or membership event adds; checks the writer otherwise."""
-        if event.kind == Kind.GENESIS:
-            return founder_from_genesis(event, self._public_payload(event), self.vault_id)
-        if event.author not in self._roster:
-            return None
-        if event.kind == Kind.MEMBERSHIP:
-            return member_from_add(self._roster, event, self._public_payload(event))
-        check_writer(self._roster, event)
-        return None
+    def _drop_revoked_pending(self) -> None:
+        """Parked events the roster now revokes will never be placed: let them go."""
+        for author, member in self._fold.members.items():
+            if member.cutoff is not None:
+                self.store.drop_pending_after(author, member.cutoff)
+
+    def _fold_with(self, event: Event) -> Roster:
+        """The roster with one more membership event.
+
+        Raises if the event could never stand (malformed, or its author's role may not make
+        this change); one that only lost to a concurrent change is kept (inert), and one whose
+        author turns out removed before it is revoked by the caller.
+        """
+        payload = self._public_payload(event)
+        fold = fold_roster(self.vault_id, [*self._membership.values(), (event, payload)])
+        reason = fold.invalid.get(event.id)
+        intrinsic = reason is not None and event.id not in fold.conflicts | fold.late
+        if intrinsic and fold.allows(event.author, event.seq):
+            raise MembershipError(str(reason))
+        return fold
 
     @staticmethod
     def _public_payload(event: Event) -> Payload:

@@ -2,7 +2,9 @@
 
 A ``Keyring`` holds the vault's epoch keys (epoch -> 32-byte root). Epoch 0 means a public
 body: the payload is stored as is, so a blind relay can read membership. Every other epoch
-seals with a one-time key (see ``eventlog.crypto`` for why nonces cannot repeat).
+seals with a one-time key (see ``eventlog.crypto`` for why nonces cannot repeat), after
+padding the payload to a size bucket (``eventlog.padding``) so the relay cannot read exact
+sizes either.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from eventlog.crypto import (
 )
 from eventlog.envelope import Event, Header, assemble, encode_signed
 from eventlog.errors import MissingKeyError
+from eventlog.padding import pad, unpad
 from eventlog.payload import Payload, decode_payload, encode_payload
 
 
@@ -53,15 +56,16 @@ class Keyring:
         return key
 
     def open_body(self, event: Event) -> bytes:
-        """The plaintext payload bytes of an event (public bodies as they are)."""
+        """The plaintext payload bytes of an event (public bodies as they are), unpadded."""
         if event.epoch == 0:
             return event.body
-        return open_sealed(
+        padded = open_sealed(
             self.events_key(event.epoch),
             event.header.nonce,
             event.body,
             event.header.associated_data(),
         )
+        return unpad(padded)
 
     def open_payload(self, event: Event) -> Payload:
         return decode_payload(self.open_body(event))
@@ -100,7 +104,7 @@ def author_event(
         new_salt() if epoch else b"",
     )
     body = (
-        seal(keyring.events_key(epoch), header.nonce, plaintext, header.associated_data())
+        seal(keyring.events_key(epoch), header.nonce, pad(plaintext), header.associated_data())
         if epoch
         else plaintext
     )

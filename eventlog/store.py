@@ -388,6 +388,12 @@ class Store:
         self.conn.execute("DELETE FROM pending WHERE author = ? AND seq = ?", (author, seq))
         self._pending_count = None
 
+    def drop_pending_after(self, author: bytes, seq: int) -> None:
+        """Forget parked events of ``author`` beyond ``seq`` (revoked by a removal)."""
+        cur = self.conn.execute("DELETE FROM pending WHERE author = ? AND seq > ?", (author, seq))
+        if cur.rowcount:
+            self._pending_count = None
+
     def pending_summary(self) -> list[tuple[bytes, int, int, str]]:
         """Per author and reason: ``(author, count, lowest seq, reason)``."""
         rows = self.query_all(
@@ -415,25 +421,32 @@ class Store:
 
     # --- roster -----------------------------------------------------------------------------
 
-    def put_member(self, member: Member) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                member.author,
-                member.kx,
-                member.role,
-                member.added_by,
-                member.added_event,
-                member.added_ms,
-                member.expires_ms,
-            ),
+    def replace_members(self, members: dict[bytes, Member]) -> None:
+        """Rewrite the roster table from a fold (call inside :meth:`atomic`)."""
+        self.conn.execute("DELETE FROM members")
+        self.conn.executemany(
+            "INSERT INTO members (author, kx, role, added_by, added_event, added_ms,"
+            " expires_ms, removed_by, removed_event, removed_ms, cutoff)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    m.author,
+                    m.kx,
+                    m.role,
+                    m.added_by,
+                    m.added_event,
+                    m.added_ms,
+                    m.expires_ms,
+                    m.removed_by,
+                    m.removed_event,
+                    m.removed_ms,
+                    m.cutoff,
+                )
+                for m in members.values()
+            ],
         )
 
-    def members(self) -> dict[bytes, Member]:
-        rows = self.query_all(
-            "SELECT author, kx, role, added_by, added_event, added_ms, expires_ms FROM members"
-        )
-        return {
-            bytes(a): Member(bytes(a), bytes(k), r, bytes(b), bytes(e), t, x)
-            for a, k, r, b, e, t, x in rows
-        }
+    def membership_events(self) -> list[StoredEvent]:
+        """Every stored event that is not data (genesis, membership, key rotation)."""
+        rows = self.query_all(f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind != 2 ORDER BY rowid")
+        return [_row(r) for r in rows]

@@ -15,7 +15,7 @@ from eventlog.crypto import signature_ok
 from eventlog.envelope import Kind, decode_event
 from eventlog.errors import DecodeError, IntegrityError, StorageError
 from eventlog.integrity import Report, walk
-from eventlog.membership import DEVICE_ROLES, Member
+from eventlog.membership import DEVICE_ROLES, Member, wrapped_keys
 from eventlog.payload import decode_payload
 from eventlog.store import StoredEvent
 from replicas.vault import Replica
@@ -119,10 +119,13 @@ def verify(replica: Replica) -> tuple[Report, list[str]]:
 
 
 def devices(replica: Replica) -> list[dict[str, Any]]:
-    """The roster: every member key with its role, who added it and when."""
+    """The roster: every member key ever, with its role, who added (and removed) it, the key
+    epochs it was given, and whether it is still a member."""
     names = views.replica_names(replica.store)
+    fold = replica.log.fold
+    given = _epochs_given(replica)
     out = []
-    for member in sorted(replica.log.roster.values(), key=lambda m: (m.added_ms, m.author)):
+    for member in sorted(fold.members.values(), key=lambda m: (m.added_ms, m.author)):
         used = replica.store.head(member.author) is not None
         out.append(
             {
@@ -135,9 +138,32 @@ def devices(replica: Replica) -> list[dict[str, Any]]:
                 "expires_ms": member.expires_ms or None,
                 "used": used,
                 "this_replica": member.author == replica.engine.me,
+                "removed": not member.active,
+                "removed_by": member.removed_by.hex() if member.removed_by else None,
+                "removed_ms": member.removed_ms or None,
+                "cutoff": member.cutoff,
+                "epochs": sorted(given.get(member.author, ())),
             }
         )
     return out
+
+
+def _epochs_given(replica: Replica) -> dict[bytes, set[int]]:
+    """Which epoch keys were wrapped for each member (its member.add, then each removal)."""
+    given: dict[bytes, set[int]] = {}
+    for member in replica.log.fold.members.values():
+        row = replica.store.event_by_id(member.added_event)
+        if row is None:
+            continue
+        try:
+            payload = decode_payload(decode_event(row.raw).body)
+        except DecodeError:
+            continue
+        given[member.author] = set(wrapped_keys(payload)) if payload.get("keys") else set()
+    for _, removal in replica.log.fold.rotations:
+        for author in removal.keys:
+            given.setdefault(author, set()).add(removal.epoch)
+    return given
 
 
 def _delegate_role(replica: Replica, member: Member) -> str:

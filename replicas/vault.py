@@ -34,6 +34,11 @@ class Replica:
     engine: Engine
     kx: KxKey
 
+    def __post_init__(self) -> None:
+        # A removal elsewhere brings a new epoch key wrapped for our kx key: unwrap and keep it.
+        self.engine.kx = self.kx
+        self.engine.keys_changed = self.home.save_vault_keys
+
     @property
     def log(self) -> Log:
         return self.engine.log

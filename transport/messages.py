@@ -46,6 +46,8 @@ class CloseCode(IntEnum):
     SELF = 4409
     """Both ends are the same replica (``invite --peer`` pointed at our own daemon)."""
     VERSION = 4426
+    REMOVED = 4410
+    """The peer's key was removed from the vault (HTTP's 410 Gone): it may not sync again."""
 
 
 class ProtocolError(ShoalError):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from eventlog.accept import Log, Outcome
 from eventlog.membership import ROLE_INVITE
-from transport.messages import MAX_BATCH_EVENTS
+from transport.messages import MAX_BATCH_EVENTS, CloseCode, ProtocolError
 from transport.session import BATCH_TARGET_BYTES, BATCH_TARGET_EVENTS
 
 
@@ -44,15 +44,25 @@ class LogPortBase:
         row = self.log.store.event_at(author, seq)
         return None if row is None else row.raw
 
+    def refuses(self, author: bytes, seq: int) -> bool:
+        return author in self.log.frozen or (
+            author in self.log.fold.members and self.log.revoked(author, seq)
+        )
+
     def may_connect(self, peer: bytes, role: str, initiator: bool) -> bool:
         return member_may_connect(self.log, peer)
 
 
 def member_may_connect(log: Log, peer: bytes, now_ms: int | None = None) -> bool:
-    """A member may sync; an invite key only while unused and unexpired."""
+    """A member may sync; an invite key only while unused and unexpired.
+
+    A removed key is told so with its own close code (``REMOVED``), not a generic refusal.
+    """
     log.refresh()
     member = log.roster.get(peer)
     if member is None:
+        if peer in log.removed:
+            raise ProtocolError(CloseCode.REMOVED, "this device was removed from the vault")
         return False
     if member.role == ROLE_INVITE:
         now = int(time.time() * 1000) if now_ms is None else now_ms
