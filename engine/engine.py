@@ -622,6 +622,11 @@ class Engine:
             )
             self._applied = 0
 
+    def rebuilds(self) -> int:
+        """How many times derived state was rebuilt (a removal can revoke applied events)."""
+        row = self.store.query_one("SELECT value FROM engine_state WHERE key = 'rebuilds'")
+        return int(row[0]) if row else 0
+
     def _applied_upto(self) -> int:
         row = self.store.query_one("SELECT value FROM engine_state WHERE key = 'applied_upto'")
         return int(row[0]) if row else 0
@@ -661,7 +666,11 @@ class Engine:
                 "files",
             ):
                 self.store.conn.execute(f"DELETE FROM {table}")
-            self.store.conn.execute("UPDATE engine_state SET value = 0")
+            self.store.conn.execute("UPDATE engine_state SET value = 0 WHERE key = 'applied_upto'")
+            self.store.conn.execute(  # tells state folded above the engine, in any process
+                "INSERT INTO engine_state VALUES ('rebuilds', 1)"
+                " ON CONFLICT (key) DO UPDATE SET value = value + 1"
+            )
         applied = self.catch_up()
         for hook in self.rebuilt_hooks:
             hook()

@@ -114,7 +114,18 @@ class Derived:
         self.store.conn.execute("UPDATE proc_state SET value = ? WHERE key = ?", (value, key))
 
     def fold(self) -> int:
-        """Fold the records stored since the cursor; returns how many were read."""
+        """Fold the records stored since the cursor; returns how many were read.
+
+        If the engine rebuilt its state since we last folded (a device removal revoked events
+        we may have folded), everything is folded again from the start.
+        """
+        rebuilds = self.engine.rebuilds()
+        if rebuilds != self._state("engine_rebuilds"):
+            with self.store.atomic():
+                self.store.conn.execute(
+                    "INSERT OR REPLACE INTO proc_state VALUES ('engine_rebuilds', ?)", (rebuilds,)
+                )
+            return self.rebuild()
         done = 0
         while True:
             upto = self._state("folded_upto")
@@ -319,7 +330,9 @@ class Derived:
             ):
                 self.store.conn.execute(f"DELETE FROM {table}")
             self.store.conn.execute("DELETE FROM proc_meta")
-            self.store.conn.execute("UPDATE proc_state SET value = 0")
+            self.store.conn.execute(
+                "UPDATE proc_state SET value = 0 WHERE key != 'engine_rebuilds'"
+            )
             if index is not None:
                 index.clear()
         if index is not None:

@@ -175,6 +175,22 @@ def test_rebuild_from_the_log_equals_the_live_state(trio: list[Replica]) -> None
     assert dump(laptop) == before
 
 
+def test_an_engine_rebuild_elsewhere_makes_the_next_fold_start_over(trio: list[Replica]) -> None:
+    laptop, server, _ = trio
+    notes(laptop, 2)
+    exchange(laptop, server)
+    asyncio.run(runner(server, {"textstats"}).drain())
+    exchange(laptop, server)
+    Derived(laptop.engine).fold()
+    good = sorted(laptop.store.query_all("SELECT * FROM proc_results"))
+    assert good
+    with laptop.store.atomic():  # a row no record in the log supports
+        laptop.store.conn.execute("DELETE FROM proc_results")
+    laptop.engine.rebuild()  # what a removal that revokes events does, in any process
+    Derived(laptop.engine).fold()  # the next process to open the processors' state
+    assert sorted(laptop.store.query_all("SELECT * FROM proc_results")) == good
+
+
 def test_malformed_job_records_are_skipped_not_fatal(trio: list[Replica]) -> None:
     laptop, server, _ = trio
     laptop.engine.append_record({"t": "job.claim", "processor": "x", "doc": b"short"})
