@@ -96,7 +96,8 @@ class LocalEmbedder:
         from transformers.utils import logging as transformers_logging
 
         torch.set_num_threads(1)
-        transformers_logging.disable_progress_bar()  # no "Loading weights" bar on a CLI's stderr
+        # no "Loading weights" progress bar on a CLI's stderr
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         self._torch = torch
         self._tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
         self._model: Any = AutoModel.from_pretrained(str(path)).eval()

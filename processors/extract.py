@@ -188,6 +188,8 @@ def _extract_pdf(data: bytes, name: str, artifacts: str | None) -> Extracted:
             raise ExtractError(f"{name} is a PDF with no pages")
         scanned = [i for i in range(page_count) if not _has_text_layer(pdf[i])]
         ocr_text = dict(zip(scanned, ocr_images(_render(pdf, scanned)), strict=True))
+    except pdfium.PdfiumError as exc:
+        raise ExtractError(f"{name}: a page of the PDF cannot be read: {_one_line(exc)}") from exc
     finally:
         pdf.close()
     method = "docling" if artifacts else "docling-native-pdf"
@@ -227,7 +229,10 @@ def _ocr_image(data: bytes, name: str) -> str:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-        frames = [_ocr_mode(frame) for frame in ImageSequence.Iterator(image)]
+        if getattr(image, "n_frames", 1) == 1:
+            frames = [_ocr_mode(image)]
+        else:  # a multi-page TIFF or an animation: the iterator reuses one object, so copy
+            frames = [_ocr_mode(frame.copy()) for frame in ImageSequence.Iterator(image)]
     except UnidentifiedImageError as exc:
         raise ExtractError(f"{name} is not a readable image: unknown image format") from exc
     except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -4,12 +4,14 @@ A derived cache, rebuildable from the log: ``clear()`` then ``upsert`` every doc
 chunks and vectors again. It lives in the replica's trusted home (plaintext is allowed there,
 never on the wire).
 
-Storage. SQLite holds the truth: one row per chunk (``search_chunk``: document, position,
-text and the vector as float16 bytes), an external-content FTS5 table over the text (porter
-stemming) and a generation counter bumped by every change. The usearch HNSW graph is a cache
-of the vectors in ``index_dir`` (``vectors-<dim>.usearch``), written by ``save()`` together
-with the generation it reflects; opened after a crash or after another process changed the
-index, the generations differ and the graph is rebuilt from the stored vectors. Chunk keys
+Storage. SQLite holds the truth: one small row per chunk (``search_chunk``: key, document,
+position), its text (``search_text``) and vector as float16 bytes (``search_vector``) apart,
+so that resolving a few hundred candidate keys reads a few small pages; an external-content
+FTS5 table over the text (porter stemming); a generation counter bumped by every change.
+The usearch HNSW graph is a cache of the vectors in ``index_dir`` (``vectors-<dim>.usearch``),
+written by ``save()`` together with the generation it reflects; opened after a crash or
+after another process changed the index, the generations differ and the graph is rebuilt
+from the stored vectors. Chunk keys
 come from ``AUTOINCREMENT`` so a key is never reused for another chunk.
 
 Ranking. The query runs through both indexes; each returns its best chunks; the two rankings
@@ -40,6 +42,8 @@ with contextlib.suppress(ImportError):
 from usearch.index import Index
 
 RRF_K: Final = 60
+COMMON_WORD_CHUNKS: Final = 1000
+"""A word in this many chunks is too common to rank by alone (see ``_word_ranking``)."""
 CANDIDATES_PER_HIT: Final = 4
 """Each index is asked for ``k * CANDIDATES_PER_HIT`` chunks: several may be one document's."""
 SNIPPET_CHARS: Final = 200
@@ -60,12 +64,12 @@ CREATE TABLE IF NOT EXISTS search_chunk (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
     doc_id BLOB NOT NULL,
     chunk INTEGER NOT NULL,
-    text TEXT NOT NULL,
-    vector BLOB,
     UNIQUE (doc_id, chunk)
 );
+CREATE TABLE IF NOT EXISTS search_text (key INTEGER PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS search_vector (key INTEGER PRIMARY KEY, vector BLOB NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5(
-    text, content='search_chunk', content_rowid='key',
+    text, content='search_text', content_rowid='key',
     tokenize='porter unicode61 remove_diacritics 2'
 );
 CREATE TABLE IF NOT EXISTS search_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -105,13 +109,17 @@ class SearchIndex:
             old = self._remove_rows(doc_id)
             keys = []
             for position, text in enumerate(chunks):
-                blob = None if rows is None else rows[position].tobytes()
                 cursor = self.conn.execute(
-                    "INSERT INTO search_chunk (doc_id, chunk, text, vector) VALUES (?, ?, ?, ?)",
-                    (doc_id, position, text, blob),
+                    "INSERT INTO search_chunk (doc_id, chunk) VALUES (?, ?)", (doc_id, position)
                 )
                 key = int(cursor.lastrowid or 0)
+                self.conn.execute("INSERT INTO search_text (key, text) VALUES (?, ?)", (key, text))
                 self.conn.execute("INSERT INTO search_fts (rowid, text) VALUES (?, ?)", (key, text))
+                if rows is not None:
+                    self.conn.execute(
+                        "INSERT INTO search_vector (key, vector) VALUES (?, ?)",
+                        (key, rows[position].tobytes()),
+                    )
                 keys.append(key)
             self._bump_generation()
         self._drop_vectors(old + keys)  # keys too: a rolled-back caller may have left them
@@ -129,7 +137,8 @@ class SearchIndex:
         """Forget everything: the first step of a rebuild from the log."""
         with self._savepoint():
             self.conn.execute("INSERT INTO search_fts (search_fts) VALUES ('delete-all')")
-            self.conn.execute("DELETE FROM search_chunk")
+            for table in ("search_chunk", "search_text", "search_vector"):
+                self.conn.execute(f"DELETE FROM {table}")
             self._bump_generation()
         self._vectors = self._new_vectors()
 
@@ -152,24 +161,52 @@ class SearchIndex:
         if k <= 0:
             return []
         wanted = k * CANDIDATES_PER_HIT
-        rankings = [self._word_ranking(query, wanted)]
+        words = _query_words(query)
+        rankings = [self._word_ranking(words, wanted)]
         if query_vector is not None and len(self._vectors) > 0:
             rankings.append(self._vector_ranking(query_vector, wanted))
         fused: dict[int, float] = {}
         for ranking in rankings:
             for rank, key in enumerate(ranking):
                 fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank + 1)
-        return self._best_per_doc(fused, k, _query_words(query))
+        return self._best_per_doc(fused, k, words)
 
-    def _word_ranking(self, query: str, limit: int) -> list[int]:
-        expression = _fts_expression(query)
-        if not expression:
+    def _word_ranking(self, words: list[str], limit: int) -> list[int]:
+        """Chunks with every word first, then bm25 over the words that are not too common.
+
+        Ranking costs FTS5 one bm25 evaluation per matching chunk, and a word found in
+        thousands of chunks makes thousands of them while adding little to the ranking (its
+        IDF is low). So: chunks holding *all* the words (an AND, cheap: posting lists are
+        intersected, and these are the best matches anyway), then, if that is not enough, an
+        OR of the words found in fewer than ``COMMON_WORD_CHUNKS`` chunks (or of the rarest
+        word, if all are common). In a small index no word is common and the OR is complete.
+        """
+        if not words:
             return []
+        ranked = self._ranked(" AND ".join(_quoted(w) for w in words), limit)
+        if len(ranked) < limit:
+            counts = {word: self._count_capped(word) for word in words}
+            rare = [w for w, n in counts.items() if n < COMMON_WORD_CHUNKS]
+            chosen = rare or [min(counts, key=lambda w: counts[w])]
+            seen = set(ranked)
+            more = self._ranked(" OR ".join(_quoted(w) for w in chosen), limit)
+            ranked += [key for key in more if key not in seen][: limit - len(ranked)]
+        return ranked
+
+    def _ranked(self, expression: str, limit: int) -> list[int]:
         rows = self.conn.execute(
             "SELECT rowid FROM search_fts WHERE search_fts MATCH ? ORDER BY rank LIMIT ?",
             (expression, limit),
         ).fetchall()
         return [int(key) for (key,) in rows]
+
+    def _count_capped(self, word: str) -> int:
+        """In how many chunks ``word`` occurs, counting no further than the common threshold."""
+        (count,) = self.conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM search_fts WHERE search_fts MATCH ? LIMIT ?)",
+            (_quoted(word), COMMON_WORD_CHUNKS),
+        ).fetchone()
+        return int(count)
 
     def _vector_ranking(self, query_vector: npt.ArrayLike, limit: int) -> list[int]:
         vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
@@ -183,20 +220,28 @@ class SearchIndex:
             return []
         marks = ",".join("?" * len(fused))
         rows = self.conn.execute(
-            f"SELECT key, doc_id, chunk, text FROM search_chunk WHERE key IN ({marks})",
-            list(fused),
+            f"SELECT key, doc_id, chunk FROM search_chunk WHERE key IN ({marks})", list(fused)
         ).fetchall()
-        best: dict[bytes, tuple[float, int, str]] = {}
-        for key, doc_id, chunk, text in rows:
+        best: dict[bytes, tuple[float, int, int]] = {}
+        for key, doc_id, chunk in rows:
             score = fused[int(key)]
             current = best.get(bytes(doc_id))
             if current is None or (score, -chunk) > (current[0], -current[1]):
-                best[bytes(doc_id)] = (score, int(chunk), text)
-        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0], item[1][1]))
+                best[bytes(doc_id)] = (score, int(chunk), int(key))
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0], item[1][1]))[:k]
+        texts = self._texts([key for _, (_, _, key) in ranked])
         return [
-            Hit(doc_id, chunk, score, snippet_of(text, words))
-            for doc_id, (score, chunk, text) in ranked[:k]
+            Hit(doc_id, chunk, score, snippet_of(texts.get(key, ""), words))
+            for doc_id, (score, chunk, key) in ranked
         ]
+
+    def _texts(self, keys: list[int]) -> dict[int, str]:
+        """The text of a few chunks: read only for the hits, not for every candidate."""
+        marks = ",".join("?" * len(keys))
+        rows = self.conn.execute(
+            f"SELECT key, text FROM search_text WHERE key IN ({marks})", keys
+        ).fetchall()
+        return {int(key): str(text) for key, text in rows}
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -208,13 +253,17 @@ class SearchIndex:
 
     def _remove_rows(self, doc_id: bytes) -> list[int]:
         rows = self.conn.execute(
-            "SELECT key, text FROM search_chunk WHERE doc_id = ?", (doc_id,)
+            "SELECT c.key, t.text FROM search_chunk AS c JOIN search_text AS t USING (key) "
+            "WHERE c.doc_id = ?",
+            (doc_id,),
         ).fetchall()
         for key, text in rows:
             self.conn.execute(
                 "INSERT INTO search_fts (search_fts, rowid, text) VALUES ('delete', ?, ?)",
                 (key, text),
             )
+            self.conn.execute("DELETE FROM search_text WHERE key = ?", (key,))
+            self.conn.execute("DELETE FROM search_vector WHERE key = ?", (key,))
         self.conn.execute("DELETE FROM search_chunk WHERE doc_id = ?", (doc_id,))
         return [int(key) for key, _ in rows]
 
@@ -249,9 +298,7 @@ class SearchIndex:
             index.load(str(self._path))
             return index
         index = self._new_vectors()
-        rows = self.conn.execute(
-            "SELECT key, vector FROM search_chunk WHERE vector IS NOT NULL"
-        ).fetchall()
+        rows = self.conn.execute("SELECT key, vector FROM search_vector").fetchall()
         size = self.dim * np.dtype(VECTOR_DTYPE).itemsize
         rows = [(key, blob) for key, blob in rows if len(blob) == size]  # another model's: skip
         if rows:
@@ -283,9 +330,9 @@ def _query_words(query: str) -> list[str]:
     return content or words
 
 
-def _fts_expression(query: str) -> str:
-    """The query's words as an FTS5 OR of quoted terms: user syntax can never break MATCH."""
-    return " OR ".join(f'"{word}"' for word in _query_words(query))
+def _quoted(word: str) -> str:
+    """A word as an FTS5 string: user syntax (NEAR, *, quotes) can never break MATCH."""
+    return '"' + word.replace('"', '""') + '"'
 
 
 def snippet_of(text: str, words: Sequence[str]) -> str:

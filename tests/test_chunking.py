@@ -66,7 +66,7 @@ def test_bad_parameters_are_refused() -> None:
 
 @given(
     st.text(alphabet=st.sampled_from("ab .\n!?"), max_size=2000),
-    st.integers(min_value=20, max_value=400),
+    st.integers(min_value=21, max_value=400),
     st.integers(min_value=0, max_value=19),
 )
 def test_chunks_are_bounded_cover_the_text_and_are_deterministic(

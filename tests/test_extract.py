@@ -96,6 +96,15 @@ def test_ocr_of_a_rendered_image_recovers_the_text(fmt: str) -> None:
 
 @needs_tesseract
 @needs_font
+def test_multi_page_tiff_reads_every_page_in_order() -> None:
+    first, second = render("The first page talks about ferries."), render("Page two: gulls.")
+    data = encoded(first, "TIFF", save_all=True, append_images=[second])
+    result = extract(data, mime="image/tiff", name="pages.tiff")
+    assert result.text.split("\n\n") == ["The first page talks about ferries.", "Page two: gulls."]
+
+
+@needs_tesseract
+@needs_font
 def test_scanned_pdf_goes_through_ocr() -> None:
     pages = [render(LETTER, size=(1700, 2200)), render("Page two: the harbour closes at dusk.")]
     buffer = io.BytesIO()

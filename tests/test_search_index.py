@@ -19,7 +19,7 @@ import pytest
 
 from processors.chunking import chunk_text
 from processors.embed import Embedder, OllamaEmbedder, local_embedder, local_model_available
-from processors.search_index import Hit, SearchIndex
+from processors.search_index import COMMON_WORD_CHUNKS, Hit, SearchIndex
 from tests.corpus import DOCUMENTS, QUERIES
 from tests.fake_ollama import FakeOllama
 
@@ -194,3 +194,22 @@ def test_upsert_inside_the_callers_transaction_rolls_back_with_it(
     conn.execute("ROLLBACK")
     assert len(index) == 0
     assert index.search("ephemeral", None) == []
+
+
+def test_common_words_are_ranked_through_and_then_rare_words(
+    conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    """Past ``COMMON_WORD_CHUNKS`` a word only counts in the AND pass; results stay right."""
+    index = SearchIndex(conn, tmp_path / "index", 4)
+    conn.execute("BEGIN")
+    for i in range(COMMON_WORD_CHUNKS + 50):
+        index.upsert(doc_id(f"filler{i}"), [f"widget report number {i}"], None)
+    index.upsert(doc_id("both"), ["widget report about a zebra"], None)
+    index.upsert(doc_id("rare"), ["a zebra alone"], None)
+    conn.execute("COMMIT")
+    assert index.search("widget zebra", None, k=2)[0].doc_id == doc_id("both")
+    assert {h.doc_id for h in index.search("widget zebra", None, k=2)} == {
+        doc_id("both"),
+        doc_id("rare"),
+    }
+    assert len(index.search("widget report", None, k=5)) == 5  # all common: still answered
