@@ -479,7 +479,10 @@ class Engine:
             (rowid, None if payload is None else payload["t"], doc_id, len(event.raw), note),
         )
         if update is not None and doc_id is not None and note is None:
-            self._merge(doc_id, update, accepted, echo)
+            try:
+                self._merge(doc_id, update, accepted, echo)
+            except Exception as exc:
+                self._refuse_update(doc_id, rowid, exc)
         elif payload is not None and payload.get("t") == T_REPLICA_PROFILE:
             name = payload.get("name")
             if isinstance(name, str):
@@ -487,6 +490,19 @@ class Engine:
                     "INSERT OR REPLACE INTO replica_names VALUES (?, ?)", (event.author, name)
                 )
         self._applied = max(self._applied, rowid)
+
+    def _refuse_update(self, doc_id: bytes, rowid: int, exc: Exception) -> None:
+        """A signed ``doc.update`` whose bytes pycrdt cannot apply (a buggy or hostile member).
+
+        It stays stored and synced (the log is the log) but inert: noted in the index, so no
+        load replays it, and the document is reloaded from the store without it. Raising
+        instead would roll back the whole batch and stall sync with that author for good.
+        """
+        self.store.conn.execute(
+            "UPDATE event_index SET note = ? WHERE rowid = ?",
+            (f"not a valid Yjs update ({type(exc).__name__}): not applied", rowid),
+        )
+        self._live.pop(doc_id, None)
 
     @staticmethod
     def _public(event: Event) -> Payload | None:

@@ -94,6 +94,15 @@ def decode_vectors(output: dict[str, Any]) -> tuple[list[str], Any, str, int]:
     return chunks, vectors, embedder, dim
 
 
+def _body_is_its_text(entry: files.FileEntry) -> bool:
+    """A text file is its own text (the body, which merges), except a format extraction reads
+    better (HTML: markup out, structure kept as markdown), which goes to ``extract``."""
+    from processors.extract import DOCLING_FORMATS
+
+    mime = entry.mime.split(";")[0].strip()
+    return entry.text and (mime == "text/markdown" or mime not in DOCLING_FORMATS)
+
+
 class Derived:
     """The processors' tables of one replica, kept up to date with :meth:`fold`."""
 
@@ -409,7 +418,7 @@ class Derived:
         found: list[Source] = []
         entries = {e.doc_id: e for e in files.file_entries(self.store)}
         for entry in entries.values():
-            if entry.deleted or entry.text or entry.hash is None:
+            if entry.deleted or _body_is_its_text(entry) or entry.hash is None:
                 continue
             file_source = FileSource(entry.doc_id, entry.path, entry.mime, entry.hash)
             found.append(file_source)
@@ -421,7 +430,7 @@ class Derived:
         for raw_doc, title, events in self.store.query_all("SELECT doc, title, events FROM docs"):
             doc = bytes(raw_doc)
             known = entries.get(doc)
-            if known is not None and (known.deleted or not known.text):
+            if known is not None and (known.deleted or not _body_is_its_text(known)):
                 continue
             name = known.path if known is not None else title
             source = self._cached_source(doc, f"b{events}", name, "body")

@@ -138,7 +138,10 @@ class Runner:
                 if need is not None:
                     wanted.append((processor.key(source), need, source))
         records = self.derived.records([key for key, _, _ in wanted])
-        offered = set().union(*self.derived.caps().values()) if self.derived.caps() else set()
+        advertised = self.derived.caps()
+        # What we can do ourselves counts even if another process of this replica (a `serve`
+        # offering nothing, say) advertised for us last.
+        offered = set(self.settings.caps).union(*advertised.values())
         return [
             Job(
                 key,

@@ -3,8 +3,11 @@
 A "laptop" founds a vault, writes documents and invites a "home server" through the relay;
 both run ``shoal serve`` (live sync through the relay) while each edits the same document at
 the same time; then the demo prints the converged document on both, the merged history and
-the roster, and verifies both logs. Every step is a real ``shoal`` process, printed as the
-command a user would type. Everything is stopped and removed afterwards.
+the roster, and verifies both logs. The laptop also watches a folder that the home server
+mirrors (a text file edited on both sides at once merges), and the home server extracts and
+embeds text that the laptop then searches (when the ``processing`` extra is installed).
+Every step is a real ``shoal`` process, printed as the command a user would type.
+Everything is stopped and removed afterwards.
 """
 
 from __future__ import annotations
@@ -103,6 +106,72 @@ def _converged(demo: Demo, doc: str, timeout: float = 30.0) -> tuple[str, str]:
         time.sleep(0.3)
 
 
+PACKING = "# Packing\n\n- passport\n- phone charger\n"
+ITINERARY = (
+    "<html><body><h1>Itinerary</h1><p>Lisbon: the tram 28 up to the castle.</p>"
+    "<p>Porto: port cellars across the Douro river in Vila Nova de Gaia.</p></body></html>"
+)
+
+
+def _wait(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise ShoalError(f"demo: {what} did not happen within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _files(demo: Demo, watched: Path, mirror: Path) -> None:
+    say = demo.say
+    _wait(
+        "the mirror",
+        lambda: (mirror / "packing.md").exists() and (mirror / "itinerary.html").exists(),
+    )
+    say("\n== The laptop's folder arrived in the home server's mirror, through the relay")
+    demo.shoal("server", "files")
+    say("\n== The same text file edited on both machines at once")
+    (watched / "packing.md").write_text(PACKING + "- sunscreen (laptop)\n")
+    (mirror / "packing.md").write_text(
+        PACKING.replace("- passport", "- hat (home server)\n- passport")
+    )
+    say("[laptop]  appended '- sunscreen (laptop)' to laptop-docs/packing.md")
+    say("[server]  inserted '- hat (home server)' in server-mirror/packing.md")
+
+    def merged() -> bool:
+        text = (mirror / "packing.md").read_text()
+        return "sunscreen" in text and "hat" in text
+
+    _wait("the merge", merged)
+    say("\n== Merged in the mirror: both edits kept, no conflict copy")
+    say((mirror / "packing.md").read_text().rstrip())
+    say(f"files in the mirror: {sorted(p.name for p in mirror.iterdir())}")
+
+
+def _processing(demo: Demo) -> None:
+    import importlib.util
+
+    say = demo.say
+    if not all(importlib.util.find_spec(m) for m in ("docling", "transformers", "usearch")):
+        say(
+            "\n(Processors skipped: install shoal[processing] for text extraction, OCR and search.)"
+        )
+        return
+    say("\n== The home server has the hardware: it extracts text and embeds it (once, for all)")
+    demo.shoal("server", "process", "--processors", "extract,embed")
+
+    def indexed() -> bool:
+        try:
+            hits = demo.json("laptop", "search", "castle tram")["hits"]
+        except ShoalError:
+            return False
+        return any(hit["title"] == "itinerary.html" for hit in hits)
+
+    _wait("the results on the laptop", indexed, timeout=90)
+    say("\n== The laptop searches what the home server computed (it recomputes nothing)")
+    demo.shoal("laptop", "search", "castle tram", "-k", "3")
+    demo.shoal("laptop", "jobs")
+
+
 def run_demo(say: Say) -> None:
     with _demo(say) as demo:
         relay = f"http://127.0.0.1:{free_port()}"
@@ -117,9 +186,16 @@ def run_demo(say: Say) -> None:
         code = demo.shoal("laptop", "invite", "--relay", relay, show=False).split()[-1]
         say(f"shoal join {code[:40]}...")
         demo.shoal("server", "join", code, "--name", "home-server")
+        say("\n== Files: the laptop watches a folder, the home server mirrors the vault's files")
+        watched, mirror = demo.root / "laptop-docs", demo.root / "server-mirror"
+        watched.mkdir()
+        mirror.mkdir()
+        (watched / "packing.md").write_text(PACKING)
+        (watched / "itinerary.html").write_text(ITINERARY)
+        say(f"(wrote {watched.name}/packing.md and {watched.name}/itinerary.html)")
         say("\n== Both run the sync daemon; each edits the trip plan at the same time")
-        demo.start("laptop", "serve", "--relay", relay)
-        demo.start("server", "serve", "--relay", relay)
+        demo.start("laptop", "serve", "--relay", relay, "--watch", str(watched))
+        demo.start("server", "serve", "--relay", relay, "--mirror", str(mirror))
         edits = [
             subprocess.Popen([*_shoal(), "--home", str(demo.root / home), "append", doc, text])
             for home, text in (
@@ -140,6 +216,8 @@ def run_demo(say: Say) -> None:
         demo.shoal("server", "docs")
         say("\n== The merged history")
         demo.shoal("server", "history", doc[:8])
+        _files(demo, watched, mirror)
+        _processing(demo)
         demo.shoal("laptop", "devices")
         demo.shoal("laptop", "backup", relay)
         demo.shoal("laptop", "verify")

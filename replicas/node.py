@@ -84,16 +84,61 @@ async def sync_once(
     probes: Callable[[Session], list[tuple[bytes, int]]] | None = None,
     timeout: float = 600.0,
 ) -> SyncResult:
-    """Exchange events with one peer or relay until both hold each other's events."""
-    session = Session(
-        signer or replica.engine.signer,
-        ReplicaPort(replica),
-        "full",
-        initiator=True,
-        clock=time.monotonic,
-        audit=audit,
+    """Exchange events with one peer or relay until both hold each other's events.
+
+    A peer that advertises events and does not send them is asked again on a fresh
+    connection (its version vector exchange is the request); if the gap remains, the sync
+    fails with "missing N events from <peer>" rather than reporting success.
+    """
+    for attempt in range(1 + GAP_RETRIES):
+        session = Session(
+            signer or replica.engine.signer,
+            ReplicaPort(replica),
+            "full",
+            initiator=True,
+            clock=time.monotonic,
+            audit=audit,
+        )
+        await _sync_session(session, url, on_stored, probes, timeout)
+        gaps = {} if audit else session.missing()
+        if not gaps:
+            break
+        log.warning("sync with %s: %s (attempt %d)", url, describe_gaps(session), attempt + 1)
+    else:
+        raise SyncError(f"sync with {url} incomplete: {describe_gaps(session)}")
+    return SyncResult(
+        session.stats, session.peer, session.peer_role, session.peer_have, session.proofs
     )
-    target = sync_url(url, replica.log.vault_id)
+
+
+GAP_RETRIES: Final = 1
+"""Fresh connections asking again for events a peer advertised but did not send."""
+
+
+def describe_gaps(session: Session) -> str:
+    """``missing N events from <role> <id>`` with the first author and seqs it lacks."""
+    gaps = session.missing()
+    have = session.port.version_vector()
+    author, count = max(gaps.items(), key=lambda item: item[1])
+    first = (have[author][0] if author in have else 0) + 1
+    peer = session.peer.hex()[:12] if session.peer else "?"
+    others = f" and {len(gaps) - 1} more author(s)" if len(gaps) > 1 else ""
+    return (
+        f"missing {sum(gaps.values())} events from {session.peer_role} {peer} "
+        f"(author {author.hex()[:12]} seq {first}..{first + count - 1}{others}): "
+        "advertised but not sent"
+    )
+
+
+async def _sync_session(
+    session: Session,
+    url: str,
+    on_stored: Callable[[int], None] | None,
+    probes: Callable[[Session], list[tuple[bytes, int]]] | None,
+    timeout: float,
+) -> None:
+    """One connection: connect, run ``session`` until it settles (or audits), close."""
+    target = sync_url(url, session.port.vault_id)
     async with aiohttp.ClientSession() as http:
         try:
             ws = await asyncio.wait_for(connect(http, target), 15)
@@ -109,9 +154,6 @@ async def sync_once(
         raise SyncError(
             f"sync with {url} failed: {ending.reason} (code {ending.code})", ending.code
         )
-    return SyncResult(
-        session.stats, session.peer, session.peer_role, session.peer_have, session.proofs
-    )
 
 
 async def _audit(
@@ -150,6 +192,12 @@ class PeerLink:
     connected: bool = False
     last_error: str = ""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def missing(self) -> int:
+        """Events the peer advertised but, though caught up, did not send (0 while syncing)."""
+        if self.session is None or not self.session.peer_caught_up:
+            return 0
+        return sum(self.session.missing().values())
 
     def lag(self, vv: dict[bytes, tuple[int, bytes]]) -> int:
         if self.session is None:
@@ -251,6 +299,7 @@ class Node:
                         if link.session and link.session.peer
                         else None,
                         "lag_events": link.lag(vv),
+                        "missing_events": link.missing(),
                         "last_error": link.last_error,
                     }
                     for link in self.links

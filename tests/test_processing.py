@@ -40,7 +40,9 @@ def runner(replica: Replica, caps: set[str], clock=None, **settings) -> Runner:
         replica.engine,
         derived,
         [TextStatsProcessor()],
-        Settings(caps=frozenset(caps), policy=POLICY, settle_s=0, batch=100, **settings),
+        Settings(
+            **{"caps": frozenset(caps), "policy": POLICY, "settle_s": 0, "batch": 100, **settings}
+        ),
         **kwargs,
     )
 
@@ -110,6 +112,23 @@ def test_the_laptop_without_capabilities_sees_waiting_then_done(trio: list[Repli
     exchange(laptop, server)
     lap.derived.fold()
     assert {type(j.state) for j in lap.jobs()} == {jobs.Done}
+
+
+def test_a_runner_does_its_jobs_when_another_process_advertised_none(
+    trio: list[Replica],
+) -> None:
+    laptop, server, _ = trio
+    notes(laptop, 2)
+    exchange(laptop, server)
+    worker = runner(server, {"textstats"}, batch=1)
+    first = asyncio.run(worker.step())
+    assert [o.status for o in first] == ["done"]
+    idle = runner(server, set())  # `shoal serve` offering nothing, on the same home
+    assert idle.advertise() is True  # it retracts what the worker advertised
+    ready, _ = worker.pending_for_me(worker.clock())
+    assert ready == 1  # the worker still knows what it can do itself
+    rest = asyncio.run(worker.drain())
+    assert [o.status for o in rest] == ["done"]
 
 
 def test_an_expired_lease_is_taken_over(trio: list[Replica]) -> None:

@@ -83,6 +83,10 @@ class LogPort(Protocol):
 
     def event_at(self, author: bytes, seq: int) -> bytes | None: ...
 
+    def refuses(self, author: bytes, seq: int) -> bool:
+        """Would we refuse this author's event at ``seq`` (author frozen, or removed before it)?"""
+        ...
+
 
 class State(Enum):
     HANDSHAKE = "handshake"
@@ -185,6 +189,24 @@ class Session:
     def settled(self) -> bool:
         """Both directions caught up and everything we sent acknowledged."""
         return self.peer_caught_up and (self.sent_caught_up or self.audit) and not self._in_flight
+
+    def missing(self) -> dict[bytes, int]:
+        """Per author, how many events the peer advertised in its HAVE that we still lack.
+
+        Asked once the peer is caught up: it then claims to have sent everything its HAVE
+        promised, so a shortfall is a gap only this comparison can see. A withheld tail leaves
+        no other trace (withheld middles at least leave parked events behind). Events we would
+        refuse anyway (a frozen author, a removed one past its cutoff) are not missing.
+        """
+        if not self._have_received:
+            return {}
+        ours = self.port.version_vector()
+        gaps = {}
+        for author, (seq, _) in self.peer_have.items():
+            have = ours[author][0] if author in ours else 0
+            if seq > have and not self.port.refuses(author, have + 1):
+                gaps[author] = seq - have
+        return gaps
 
     def probe(self, places: list[tuple[bytes, int]]) -> list[bytes]:
         """Ask the peer for the raw events at these places (a backup audit)."""
