@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from engine import documents, files
 from engine.documents import DOC_ID_BYTES, LiveDoc
-from eventlog.accept import Accepted, Log, Outcome, now_ms
+from eventlog.accept import Accepted, Log, Outcome, now_ms, public_payload
 from eventlog.crypto import KxKey, SigningKey, random_key, wrap_key
 from eventlog.envelope import Event, Kind, decode_event
 from eventlog.errors import (
@@ -373,7 +373,7 @@ class Engine:
                 except (IntegrityError, DecodeError):
                     payload = None
             else:
-                payload = self._public(event)
+                payload = public_payload(event)
             records.append(Record(row.rowid, event, payload))
         return records
 
@@ -460,7 +460,7 @@ class Engine:
             except (IntegrityError, DecodeError) as exc:
                 note = str(exc)
         elif payload is None:
-            payload = self._public(event)
+            payload = public_payload(event)
         doc_id = update = None
         kind = None if payload is None else payload.get("t")
         if kind == T_DOC_UPDATE:
@@ -503,15 +503,6 @@ class Engine:
             (f"not a valid Yjs update ({type(exc).__name__}): not applied", rowid),
         )
         self._live.pop(doc_id, None)
-
-    @staticmethod
-    def _public(event: Event) -> Payload | None:
-        if event.epoch != 0:
-            return None
-        try:
-            return decode_payload(event.body)
-        except DecodeError:
-            return None
 
     def _merge(
         self, doc_id: bytes, update: bytes, accepted: Accepted, echo: LiveDoc | None

@@ -42,7 +42,8 @@ from eventlog.store import MAX_PENDING, Head, Store
 ROSTER_KINDS = frozenset({Kind.GENESIS, Kind.MEMBERSHIP})
 
 
-def _public_or_none(event: Event) -> Payload | None:
+def public_payload(event: Event) -> Payload | None:
+    """The payload of a public (epoch 0) event; None if sealed or not a payload."""
     if event.epoch != 0:
         return None
     try:
@@ -120,7 +121,7 @@ class Log:
         for row in self.store.membership_events():
             event = decode_event(row.raw)
             if event.kind in ROSTER_KINDS:
-                entries[event.id] = (event, _public_or_none(event))
+                entries[event.id] = (event, public_payload(event))
         self._membership = entries
         self._set_fold(fold_roster(self.vault_id, entries.values()))
 

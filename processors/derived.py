@@ -403,10 +403,6 @@ class Derived:
             return None
         return self.result(JobKey(processor, row[0], doc, bytes(row[1])))
 
-    def result_counts(self) -> dict[str, int]:
-        rows = self.store.query_all("SELECT processor, count(*) FROM proc_results GROUP BY 1")
-        return {p: n for p, n in rows}
-
     # --- sources: what each document offers to processors ---------------------------------------
 
     def sources(self, extract_version: str | None) -> list[Source]:

@@ -153,6 +153,7 @@ class World:
                 ).start().settle()
 
 
+@pytest.mark.timeout(max(300, EXAMPLES))  # the full run must outlive the default 300 s
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -40,9 +40,8 @@ from tests.slow.conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.slow
-
 KILLS = int(os.environ.get("SHOAL_CRASH_KILLS", "1000" if SCALE >= 1 else "20"))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(max(300, int(KILLS * 3)))]
 SEED = int(os.environ.get("SHOAL_CRASH_SEED", str(random.SystemRandom().randrange(2**32))))
 KILL_WINDOW = (0.3, 1.6)
 """A kill lands this long after a process starts, in units of how long one write takes on
