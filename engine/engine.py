@@ -43,7 +43,7 @@ from eventlog.membership import (
     wrap_context,
     wrapped_keys,
 )
-from eventlog.migrate import migrate
+from eventlog.migrate import check_current, migrate
 from eventlog.payload import Payload, decode_payload, field_bytes
 from eventlog.sealing import Keyring
 from eventlog.store import hex_prefix_bounds
@@ -93,7 +93,10 @@ class Engine:
         self.max_edits = max_edits
         self._live: OrderedDict[bytes, LiveDoc] = OrderedDict()
         self._wakeups: set[asyncio.Event] = set()
-        migrate(self.store.conn, "engine", "engine.migrations")
+        if self.store.readonly:  # a full disk: read what is there, as it is
+            check_current(self.store.conn, "engine", "engine.migrations")
+        else:
+            migrate(self.store.conn, "engine", "engine.migrations")
         self.store.rollback_hooks.append(self._rolled_back)
         self.store.external_change_hooks.append(self._refresh_live)
         self._applied = 0
@@ -105,7 +108,8 @@ class Engine:
         """Called with every epoch key we hold when we learn a new one (to save them)."""
         self.rebuilt_hooks: list[Callable[[], None]] = []
         """Called after :meth:`rebuild`, so derived state above the engine follows."""
-        self.catch_up()
+        if not self.store.readonly:
+            self.catch_up()
 
     @property
     def me(self) -> bytes:
@@ -379,6 +383,10 @@ class Engine:
 
     def close(self) -> None:
         """Flush everything, snapshot what changed, release the database."""
+        if self.store.readonly and not any(live.dirty for live in self._live.values()):
+            self._live.clear()
+            self.store.close()
+            return
         self.flush()
         with self.store.atomic():
             for live in self._live.values():

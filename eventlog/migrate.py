@@ -58,3 +58,20 @@ def migrate(conn: sqlite3.Connection, component: str, package: str) -> int:
             raise StorageError(f"migration {component}/{name} failed: {exc}") from exc
         current = version
     return current
+
+
+def check_current(conn: sqlite3.Connection, component: str, package: str) -> None:
+    """For a read-only open: the schema must already be current (nothing can be migrated)."""
+    known = max((version for version, _, _ in _scripts(package)), default=0)
+    try:
+        row = conn.execute(
+            "SELECT max(version) FROM schema_migrations WHERE component = ?", (component,)
+        ).fetchone()
+    except sqlite3.Error as exc:
+        raise StorageError(f"database schema {component} unreadable: {exc}") from exc
+    current = row[0] or 0
+    if current != known:
+        raise StorageError(
+            f"database schema {component} is v{current}, this shoal needs v{known}: it can only"
+            " be migrated with free disk space"
+        )

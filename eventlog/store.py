@@ -19,7 +19,7 @@ from typing import Any, Final
 from eventlog.envelope import Event
 from eventlog.errors import AmbiguousError, NotFoundError, StorageError
 from eventlog.membership import Member
-from eventlog.migrate import migrate
+from eventlog.migrate import check_current, migrate
 
 MAX_PENDING: Final = 100_000
 """Bound on the pending area; beyond it a sender is told to retry (``PendingFullError``)."""
@@ -99,6 +99,8 @@ class Store:
         """Heads moved in this transaction, written once at commit rather than per event."""
         self._data_version: int | None = None
         self._event_bytes: int | None = None
+        self.readonly = False
+        """Opened for reading only (the disk is full): see :meth:`open_readonly`."""
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class Store:
         if create and not path.exists():
             # The database holds derived plaintext on a full replica: owner-only from birth.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        conn = None
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 10000")
@@ -123,7 +126,41 @@ class Store:
             # point is seen by the first transaction (poll_external_change).
             store.poll_external_change()
         except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            if not create and _out_of_space(exc):
+                return cls.open_readonly(path)
             raise StorageError(f"cannot open {path}: {exc}") from exc
+        return store
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """Open for reading only: what still works when the disk is full.
+
+        SQLite deletes the WAL at the last close and needs to create it (and its shared-
+        memory index) to open normally, which a full disk refuses. With no WAL on disk the
+        database file alone is the whole state (an empty WAL left by a failed open counts as
+        none), so it is opened ``immutable``; with a WAL holding frames (another process has
+        it open) ``mode=ro`` reads through it. Any write then fails
+        with a typed error; nothing is migrated.
+        """
+        wal = path.with_name(path.name + "-wal")
+        live_wal = wal.exists() and wal.stat().st_size > 0
+        flag = "mode=ro" if live_wal else "immutable=1"
+        try:
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?{flag}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA busy_timeout = 10000")
+            store = cls(conn, path)
+            store.readonly = True
+            check_current(conn, "eventlog", "eventlog.migrations")
+            store.poll_external_change()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open {path} even for reading: {exc}") from exc
         return store
 
     def close(self) -> None:
@@ -139,6 +176,10 @@ class Store:
             finally:
                 self._depth -= 1
             return
+        if self.readonly:
+            raise StorageError(
+                f"{self.path} is open read-only (the disk was full): nothing can be written"
+            )
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -450,3 +491,10 @@ class Store:
         """Every stored event that is not data (genesis, membership, key rotation)."""
         rows = self.query_all(f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind != 2 ORDER BY rowid")
         return [_row(r) for r in rows]
+
+
+def _out_of_space(exc: sqlite3.DatabaseError) -> bool:
+    """Whether opening failed for want of disk space (SQLite says "disk I/O error" when it
+    cannot create its WAL files, "database or disk is full" when a write ran out)."""
+    text = str(exc).lower()
+    return "disk i/o error" in text or "disk is full" in text

@@ -2,7 +2,7 @@
 
 ``shoal append`` must fail with one typed line (``StorageError``, exit 5) and store nothing,
 and the same command must succeed once space returns. Reads while the disk is still full
-fail today (the xfail test says why). Needs
+work: the store falls back to a read-only open (``Store.open_readonly``). Needs
 permission to mount a tmpfs (root, as in CI); without it the test is skipped with the reason
 (the in-process variant, with SQLite's ``max_page_count``, always runs:
 tests/test_adversarial.py).
@@ -72,15 +72,12 @@ def test_disk_full_is_a_typed_error_and_a_retry_succeeds(small_disk: Path) -> No
     assert result["ok"] and result["problems"] == [], result
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Store.open needs free space: the last close deletes -wal/-shm, and every open "
-    "re-creates them (and runs migrations in a write transaction), so on a full disk even "
-    "`shoal cat` fails with 'disk I/O error'",
-)
 def test_reads_work_while_the_disk_is_full(small_disk: Path) -> None:
     home = small_disk / "home"
     shoal(home, "init", "--name", "a")
     doc = shoal_json(home, "new", "Full disk", "--text", "kept\n")["doc"]
     fill(small_disk)
     assert shoal(home, "cat", doc, ok=False).stdout == "kept\n"
+    assert shoal_json(home, "status")["events"] > 0
+    refused = shoal(home, "append", doc, "more\n", ok=False)
+    assert refused.returncode == 5 and "read-only" in refused.stderr
