@@ -26,7 +26,9 @@ import contextlib
 import re
 import sqlite3
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
@@ -162,9 +164,14 @@ class SearchIndex:
             return []
         wanted = k * CANDIDATES_PER_HIT
         words = _query_words(query)
-        rankings = [self._word_ranking(words, wanted)]
+        nearest = None
         if query_vector is not None and len(self._vectors) > 0:
-            rankings.append(self._vector_ranking(query_vector, wanted))
+            # usearch releases the GIL: the vector search runs beside the FTS5 query, so a
+            # hybrid query costs about the longer of the two, not their sum.
+            nearest = _search_pool().submit(self._vector_ranking, query_vector, wanted)
+        rankings = [self._word_ranking(words, wanted)]
+        if nearest is not None:
+            rankings.append(nearest.result())
         fused: dict[int, float] = {}
         for ranking in rankings:
             for rank, key in enumerate(ranking):
@@ -350,3 +357,9 @@ def snippet_of(text: str, words: Sequence[str]) -> str:
     if end < len(text):
         piece = piece.rsplit(" ", 1)[0]
     return ("…" if start > 0 else "") + piece + ("…" if end < len(text) else "")
+
+
+@cache
+def _search_pool() -> ThreadPoolExecutor:
+    """One thread for vector searches, shared by every index in the process."""
+    return ThreadPoolExecutor(1, thread_name_prefix="shoal-vector-search")
