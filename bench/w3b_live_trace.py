@@ -56,7 +56,7 @@ def health(url: str) -> dict[str, Any]:
     return body
 
 
-def serve(home: Path, relay: str, logs: Path) -> Child:
+def serve(home: Path, relay: str, logs: Path, extra: tuple[str, ...] = ()) -> Child:
     return Child(
         [
             *shoal_command(),
@@ -67,6 +67,7 @@ def serve(home: Path, relay: str, logs: Path) -> Child:
             relay,
             "--listen",
             "127.0.0.1:0",
+            *extra,
         ],
         "listening on http://",
         logs,

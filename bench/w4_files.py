@@ -80,7 +80,7 @@ from bench.w2_sync import (
     start_relay,
     vm_hwm_kib,
 )
-from bench.w3b_live_trace import connected, db_vault
+from bench.w3b_live_trace import connected, db_vault, serve
 from bench.w6_fanout import cpu_seconds
 from replicas.home import Home
 from replicas.vault import init_vault
@@ -586,24 +586,6 @@ def shoal_files_missing() -> list[str]:
     return [option for option in ("--watch", "--mirror") if option not in done.stdout]
 
 
-def shoal_serve(home: Path, relay: str, extra: list[str], logs: Path) -> Child:
-    return Child(
-        [
-            *shoal_command(),
-            "--home",
-            str(home),
-            "serve",
-            "--relay",
-            relay,
-            "--listen",
-            "127.0.0.1:0",
-            *extra,
-        ],
-        "listening on http://",
-        logs,
-    )
-
-
 def vault_files(home: Path) -> int:
     """Live files a replica's vault lists (read-only, from another process); 0 if unreadable."""
     try:
@@ -641,9 +623,9 @@ def run_shoal(work: Workload, tmp: Path, timeout: float) -> dict[str, Any]:
     try:
         relay = start_relay(base / "relay", logs / "relay")
         children.append(relay)
-        serve_a = shoal_serve(a_home, relay.url(), ["--watch", str(dir_a)], logs / "serve-a")
+        serve_a = serve(a_home, relay.url(), logs / "serve-a", ("--watch", str(dir_a)))
         children.append(serve_a)
-        serve_b = shoal_serve(b_home, relay.url(), ["--mirror", str(dir_b)], logs / "serve-b")
+        serve_b = serve(b_home, relay.url(), logs / "serve-b", ("--mirror", str(dir_b)))
         children.append(serve_b)
         wait_for(
             "shoal A and B to connect to the relay",

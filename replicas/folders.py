@@ -117,6 +117,8 @@ class Folder:
         self.store = replica.store
         migrate(self.store.conn, "folders", "replicas.migrations")
         self.ignore = _ignore_spec(self.root)
+        self.incomplete: set[bytes] = set()
+        """Files the mirror could not write yet because some chunks have not arrived."""
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -497,6 +499,7 @@ class Folder:
 
     def _materialize_one(self, entry: files.FileEntry) -> bool:
         store = self.store
+        self.incomplete.discard(entry.doc_id)
         row = store.query_one(
             "SELECT path FROM folder_files WHERE root = ? AND doc = ?", (self.key, entry.doc_id)
         )
@@ -529,6 +532,7 @@ class Folder:
             content_hash = self.writer.keys.content_hash(data)  # type: ignore[arg-type]
         else:
             if files.missing_chunks(store, found):
+                self.incomplete.add(entry.doc_id)
                 return False  # the rest is still on its way; a later pass writes it
             data, base, content_hash = None, None, found.hash or b""
         if seen is not None and seen.content_hash == content_hash and target.exists():

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from engine import files
 from replicas.folders import Folder, Report, ScanResult
 
 if TYPE_CHECKING:
@@ -96,7 +95,6 @@ async def _follow_vault(
     engine = replica.engine
     wakeup = asyncio.Event()
     engine.add_wakeup(wakeup)
-    incomplete: set[bytes] = set()
     try:
         while not stop.is_set():
             await wakeup.wait()
@@ -107,23 +105,16 @@ async def _follow_vault(
                 f" WHERE rowid > ? AND type IN {FILE_TYPES_SQL}",
                 (cursor,),
             )
-            if not rows and not incomplete:
-                continue
             if rows:
                 cursor = max(int(row[1]) for row in rows)
-            docs = {bytes(row[0]) for row in rows if row[0] is not None} | incomplete
-            docs = {d for d in docs if files.file_entry(engine.store, d) is not None}
-            incomplete = set()
+            changed = {bytes(row[0]) for row in rows if row[0] is not None}
             for folder in mirrors:
+                docs = changed | folder.incomplete  # a chunk that arrived may complete a file
+                if not docs:
+                    continue
                 try:
                     folder.materialize(docs)
                 except Exception as exc:
                     log.error("%s: %s", folder.root, exc)
-                for doc_id in docs:
-                    entry = files.file_entry(engine.store, doc_id)
-                    if entry is not None and not entry.deleted and not entry.text:
-                        found = files.version(engine.store, entry.rowid)
-                        if files.missing_chunks(engine.store, found):
-                            incomplete.add(doc_id)
     finally:
         engine.remove_wakeup(wakeup)
