@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from eventlog.crypto import SigningKey, verify_signature
 from eventlog.envelope import ZERO32, Event, Kind, decode_event
@@ -65,8 +66,7 @@ class Status(Enum):
     """Written by a removed author after its cutoff: refused, not stored."""
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(NamedTuple):
     """An event now in the store, with its local arrival number."""
 
     rowid: int

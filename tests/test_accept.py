@@ -16,6 +16,7 @@ from eventlog.errors import (
 )
 from eventlog.membership import member_add_payload
 from eventlog.sealing import Keyring, Position, author_event
+from eventlog.store import Store
 from replicas.vault import Replica
 from tests.conftest import add_replica, all_raw
 
@@ -194,3 +195,69 @@ def test_decoded_event_is_exactly_what_was_stored(make_replica) -> None:
     a = make_replica("a")
     for row in a.store.events_after(0):
         assert decode_event(row.raw).id == row.id
+
+
+def test_ids_are_found_whether_or_not_filed_yet(make_replica) -> None:
+    """The id index is filed on demand (migration 0005); lookups see every stored event."""
+    a = make_replica("a")
+    first = a.engine.create_doc("one", "x")
+    a.engine.flush()
+    rows = a.store.events_after(0, 10**9)
+    assert a.store.resolve_event(rows[-1].id.hex()[:12]).id == rows[-1].id
+    filed = a.store.index_ids()
+    assert filed == rows[-1].rowid
+    a.engine.append_text(first, "y")
+    a.engine.flush()
+    newest = a.store.events_after(filed, 10)[-1]
+    assert newest.rowid > filed
+    path = a.store.path
+    reader = Store.open_readonly(path)  # cannot file: finds the new event in the tail
+    try:
+        assert reader.index_ids() == filed
+        assert reader.event_by_id(newest.id) is not None
+        assert reader.resolve_event(newest.id.hex()[:10]).rowid == newest.rowid
+        assert reader.event_by_id(bytes(32)) is None
+    finally:
+        reader.close()
+    assert a.store.event_by_id(newest.id) is not None  # files it, then finds it in the index
+    assert a.store.index_ids() == newest.rowid
+    for row in a.store.events_after(0, 10**9):
+        assert a.store.event_by_id(row.id) == row
+
+
+def test_batches_served_from_memory_match_the_database(make_replica, tmp_path) -> None:
+    """``serving_batch`` from the recent-events memory equals what SQLite alone gives."""
+    a = make_replica("a")
+    b = add_replica(a, tmp_path / "b", "b")
+    signer = a.engine.signer
+    author = signer.public
+    for i in range(60):
+        payload = {"t": "note", "text": "x" * (i * 37 % 300)}
+        a.log.append_local(signer, a.engine.keyring, Kind.DATA, 1, payload)
+    raws = [r.raw for r in a.store.range(author, 1, a.store.head(author).seq)]
+    start = b.store.head(author).seq
+    fresh = raws[start:]
+    cut = 0
+    for size in (7, 1, 13, 20, 5, 100):  # anchors at the tail of each received batch
+        if cut < len(fresh):
+            b.engine.accept_remote_batch(fresh[cut : cut + size])
+            cut += size
+    head = b.store.head(author).seq
+    cold = Store.open(b.store.path)  # a second connection: nothing in memory
+    try:
+        assert cold.serving_batch(author, head + 1, head, 10, 10**6) == []
+        served_from_memory = 0
+        for first in range(start + 1, head + 1):
+            for last in (first, first + 3, head):
+                for max_events in (1, 4, 16, 64):
+                    for max_bytes in (1, 600, 3000, 10**6):
+                        expected = cold.serving_batch(author, first, last, max_events, max_bytes)
+                        got = b.store.serving_batch(author, first, last, max_events, max_bytes)
+                        assert got == expected, (first, last, max_events, max_bytes)
+                        served_from_memory += (
+                            b.store._recent_batch(author, first, last, max_events, max_bytes)
+                            is not None
+                        )
+        assert served_from_memory > 0
+    finally:
+        cold.close()

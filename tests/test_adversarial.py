@@ -67,9 +67,7 @@ TEN_YEARS_MS: Final = 10 * 365 * 24 * 3600 * 1000
 
 
 def with_header(event: Event, **changes: object) -> Header:
-    fields = {name: getattr(event.header, name) for name in Header.__slots__}
-    fields.update(changes)
-    return Header(**fields)
+    return event.header._replace(**changes)
 
 
 def forged(raw: bytes, how: str, other: SigningKey) -> bytes:

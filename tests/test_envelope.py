@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from eventlog.crypto import SigningKey
 from eventlog.envelope import (
     MAX_EVENT_BYTES,
+    VERSION,
     Header,
     assemble,
     decode_event,
@@ -43,6 +44,7 @@ headers = st.builds(
     epoch=st.integers(min_value=0, max_value=2**32),
     kind=st.integers(min_value=0, max_value=255),
     nonce=st.binary(max_size=64),
+    v=st.just(VERSION),
 ).filter(lambda h: h.seq != 1 or h.prev == bytes(32))
 
 
