@@ -155,6 +155,7 @@ class Worker:
     """One load-generator process: its replicas, their links, what they saw."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
+        os.nice(spec["nice"])  # yield the CPU to the relay: see the module docstring
         self.spec = spec
         self.run = Path(spec["run"])
         self.me = spec["worker"]
@@ -413,19 +414,14 @@ class Run:
                 "replicas": len(self.homes),
                 "rate": rate,
                 "per_replica": each,
+                "nice": self.args.generator_nice,
             }
             spec_path = self.dir / f"spec-{w}.json"
             write_json(spec_path, spec)
             with open(self.dir / "logs" / f"worker-{w}.err", "wb") as err:
                 command = [sys.executable, "-m", "bench.w6_fanout", "--worker", str(spec_path)]
-                self.workers.append(
-                    subprocess.Popen(command, stderr=err, preexec_fn=self.lower_priority)
-                )
+                self.workers.append(subprocess.Popen(command, stderr=err))
         wait_files(self.dir, "opened", self.procs, 120)
-
-    def lower_priority(self) -> None:
-        """In the forked worker, before ``exec``: yield the CPU to the relay (see the docstring)."""
-        os.nice(self.args.generator_nice)
 
     def cpu(self) -> tuple[float, float, float]:
         """CPU seconds so far: the relay, the load generators, the whole machine."""

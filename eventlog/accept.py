@@ -105,6 +105,8 @@ class Log:
         """Authors whose stored log runs past what the roster allows: where it must stop."""
         self.roster_version = 0
         """Bumped whenever the fold changes (callers compare it to notice a change)."""
+        self.heads_version = 0
+        """Bumped whenever :meth:`version_vector` may change: sync sessions cache on it."""
         self._revoked_changed = False
         self._load_roster()
         store.rollback_hooks.append(self._reload)
@@ -113,6 +115,7 @@ class Log:
     def _reload(self) -> None:
         self._frozen = self.store.frozen_authors()
         self._heads = self.store.version_vector()
+        self.heads_version += 1
         self._lamport = max((h.lamport for h in self._heads.values()), default=0)
         self._load_roster()
 
@@ -130,6 +133,7 @@ class Log:
         before = dict(self._caps)
         self._fold = fold
         self.roster_version += 1
+        self.heads_version += 1
         self._caps = {}
         for author, head in self._heads.items():
             member = fold.members.get(author)
@@ -350,6 +354,7 @@ class Log:
             check_writer(self._fold, event)
         rowid = self.store.insert_event(event, anchor)
         self._heads[event.author] = Head(event.seq, event.id, event.lamport)
+        self.heads_version += 1
         self._lamport = max(self._lamport, event.lamport)
         if fold is not None:
             self._membership[event.id] = (event, self._public_payload(event))

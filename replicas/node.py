@@ -15,7 +15,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -199,7 +199,7 @@ class PeerLink:
             return 0
         return sum(self.session.missing().values())
 
-    def lag(self, vv: dict[bytes, tuple[int, bytes]]) -> int:
+    def lag(self, vv: Mapping[bytes, tuple[int, bytes]]) -> int:
         if self.session is None:
             return -1
         heads = self.session.peer_heads

@@ -234,15 +234,15 @@ def test_batches_served_from_memory_match_the_database(make_replica, tmp_path) -
     for i in range(60):
         payload = {"t": "note", "text": "x" * (i * 37 % 300)}
         a.log.append_local(signer, a.engine.keyring, Kind.DATA, 1, payload)
-    raws = [r.raw for r in a.store.range(author, 1, a.store.head(author).seq)]
-    start = b.store.head(author).seq
+    raws = [r.raw for r in a.store.range(author, 1, a.log.version_vector()[author].seq)]
+    start = b.log.version_vector()[author].seq
     fresh = raws[start:]
     cut = 0
     for size in (7, 1, 13, 20, 5, 100):  # anchors at the tail of each received batch
         if cut < len(fresh):
             b.engine.accept_remote_batch(fresh[cut : cut + size])
             cut += size
-    head = b.store.head(author).seq
+    head = b.log.version_vector()[author].seq
     cold = Store.open(b.store.path)  # a second connection: nothing in memory
     try:
         assert cold.serving_batch(author, head + 1, head, 10, 10**6) == []

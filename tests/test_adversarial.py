@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 from aiohttp import web
@@ -66,7 +66,7 @@ TEN_YEARS_MS: Final = 10 * 365 * 24 * 3600 * 1000
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def with_header(event: Event, **changes: object) -> Header:
+def with_header(event: Event, **changes: Any) -> Header:
     return event.header._replace(**changes)
 
 

@@ -153,6 +153,8 @@ def job_records(draw: st.DrawFn) -> list[jobs.JobRecord]:
         lamport += draw(st.integers(0, 2))  # 0: concurrent with the previous record
         time_ms += draw(st.integers(0, 700))
         author = draw(AUTHORS)
+        if any(r.lamport == lamport and r.author == author for r in records):
+            lamport += 1  # lamport grows along each author's log: (lamport, author) is unique
         kind = draw(st.sampled_from(["claim", "claim", "claim", "fail", "result"]))
         if kind == "claim":
             lease = draw(st.integers(1, 1500))

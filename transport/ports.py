@@ -7,7 +7,7 @@ documents; the protocol itself never knows the difference.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from eventlog.accept import Log, Outcome
 from eventlog.membership import ROLE_INVITE
@@ -21,13 +21,19 @@ class LogPortBase:
     def __init__(self, log: Log, accept: Callable[[list[bytes]], Outcome] | None = None) -> None:
         self.log = log
         self._accept = accept
+        self._vv: dict[bytes, tuple[int, bytes]] = {}
+        self._vv_at = -1
 
     @property
     def vault_id(self) -> bytes:
         return self.log.vault_id
 
-    def version_vector(self) -> dict[bytes, tuple[int, bytes]]:
-        return {a: (h.seq, h.id) for a, h in self.log.version_vector().items()}
+    def version_vector(self) -> Mapping[bytes, tuple[int, bytes]]:
+        """Rebuilt only when a head moved: a relay's sessions read it on every ACK and push."""
+        if self._vv_at != self.log.heads_version:
+            self._vv = {a: (h.seq, h.id) for a, h in self.log.version_vector().items()}
+            self._vv_at = self.log.heads_version
+        return self._vv
 
     def serving_batch(self, author: bytes, first: int, last: int) -> list[bytes]:
         rows = self.log.store.serving_batch(

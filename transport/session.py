@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Protocol
@@ -69,7 +69,9 @@ class LogPort(Protocol):
     @property
     def vault_id(self) -> bytes: ...
 
-    def version_vector(self) -> dict[bytes, tuple[int, bytes]]: ...
+    def version_vector(self) -> Mapping[bytes, tuple[int, bytes]]:
+        """Author -> (seq, id) of what we hold; shared: the caller must not change it."""
+        ...
 
     def serving_batch(self, author: bytes, first: int, last: int) -> list[bytes]:
         """Raw events ``first..`` (at most ``last``) of one author, ending at an anchor."""
@@ -324,7 +326,7 @@ class Session:
             return []
         out: list[Message] = []
         vv = self.port.version_vector()
-        behind = [a for a, (seq, _) in sorted(vv.items()) if seq > self.peer_heads.get(a, 0)]
+        behind = sorted(a for a, (seq, _) in vv.items() if seq > self.peer_heads.get(a, 0))
         while behind and len(self._in_flight) < WINDOW:
             author = behind[0]
             first, last = self.peer_heads.get(author, 0) + 1, vv[author][0]
