@@ -106,8 +106,10 @@ class SpoilingRelayPort(RelayPort):
         self.victim, self.mode = victim, mode
         self.head = vault.log.version_vector()[victim].seq
 
-    def serving_batch(self, author: bytes, first: int, last: int) -> list[bytes]:
-        raws = super().serving_batch(author, first, last)
+    def serving_batch(
+        self, author: bytes, first: int, last: int, max_events: int = 1024, max_bytes: int = 2**20
+    ) -> list[bytes]:
+        raws = super().serving_batch(author, first, last, max_events, max_bytes)
         if author != self.victim or len(raws) < 3 or self.mode == "honest":
             return raws
         mid = len(raws) // 2

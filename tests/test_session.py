@@ -799,3 +799,43 @@ def test_a_cli_write_racing_the_daemon_keeps_every_update(
         assert "from b\n" in body and "from the cli\n" in body, body
     finally:
         reader.close()
+
+
+def events_frames_a_to_b(a: Replica, b: Replica) -> list[Events]:
+    """Sync ``a`` -> ``b``; the EVENTS frames ``b`` received, in order."""
+    wire = Wire(session(a, True), session(b, False)).start()
+    frames: list[Events] = []
+    while wire.to_y or wire.to_x:
+        message = decode(wire.to_y[0]) if wire.to_y else None
+        if isinstance(message, Events):
+            frames.append(message)
+        wire.step()
+    return frames
+
+
+def test_small_runs_of_many_authors_share_a_frame(trio: list[Replica]) -> None:
+    """Short runs of several authors travel in one EVENTS frame (one transaction, one ACK);
+    a frame fills up to its limit, cutting a run at an anchor; each run ends at an anchor."""
+    a, b, c = trio
+    Wire(session(a, True), session(b, False)).start().settle()
+    Wire(session(a, True), session(c, False)).start().settle()
+    for runs in ((10, 7), (BATCH_TARGET_EVENTS - 3, 7)):
+        bulk(a, runs[0])
+        bulk(c, runs[1])
+        Wire(session(c, True), session(a, False)).start().settle()
+        frames = events_frames_a_to_b(a, b)
+        authors = [{decode_event(r).author for r in f.events} for f in frames]
+        if runs[0] + runs[1] <= BATCH_TARGET_EVENTS:
+            assert authors == [{a.engine.me, c.engine.me}]
+        else:  # the frame fills up to the limit at an anchor; the rest follows in a second
+            assert [len(f.events) for f in frames] == [
+                BATCH_TARGET_EVENTS,
+                sum(runs) - BATCH_TARGET_EVENTS,
+            ]
+        for f in frames:  # each author's run in a frame ends at an event a holds as an anchor
+            ends: dict[bytes, int] = {}
+            for raw in f.events:
+                event = decode_event(raw)
+                ends[event.author] = event.seq
+            assert all(anchor(a, author, seq) for author, seq in ends.items())
+        assert vv(a) == vv(b)

@@ -35,10 +35,15 @@ class LogPortBase:
             self._vv_at = self.log.heads_version
         return self._vv
 
-    def serving_batch(self, author: bytes, first: int, last: int) -> list[bytes]:
-        rows = self.log.store.serving_batch(
-            author, first, last, BATCH_TARGET_EVENTS, BATCH_TARGET_BYTES
-        )
+    def serving_batch(
+        self,
+        author: bytes,
+        first: int,
+        last: int,
+        max_events: int = BATCH_TARGET_EVENTS,
+        max_bytes: int = BATCH_TARGET_BYTES,
+    ) -> list[bytes]:
+        rows = self.log.store.serving_batch(author, first, last, max_events, max_bytes)
         return [row.raw for row in rows[:MAX_BATCH_EVENTS]]
 
     def accept_batch(self, raws: list[bytes]) -> Outcome:

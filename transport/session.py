@@ -57,6 +57,8 @@ WINDOW: Final = 8
 BATCH_TARGET_EVENTS: Final = MAX_BATCH_EVENTS
 """Anchors are at most MAX_BATCH_EVENTS apart, so a full-size batch always ends at one."""
 BATCH_TARGET_BYTES: Final = 1024 * 1024
+MAX_COALESCED_BYTES: Final = 2 * BATCH_TARGET_BYTES
+"""A frame already holding runs of other authors takes one more only up to this size."""
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 ACK_TIMEOUT_S: Final = 60.0
 FRAMES_PER_SECOND: Final = 2000.0
@@ -73,8 +75,19 @@ class LogPort(Protocol):
         """Author -> (seq, id) of what we hold; shared: the caller must not change it."""
         ...
 
-    def serving_batch(self, author: bytes, first: int, last: int) -> list[bytes]:
-        """Raw events ``first..`` (at most ``last``) of one author, ending at an anchor."""
+    def serving_batch(
+        self,
+        author: bytes,
+        first: int,
+        last: int,
+        max_events: int = BATCH_TARGET_EVENTS,
+        max_bytes: int = BATCH_TARGET_BYTES,
+    ) -> list[bytes]:
+        """Raw events ``first..`` (at most ``last``) of one author, ending at an anchor.
+
+        About ``max_events`` / ``max_bytes`` of them: fewer to end at an anchor, more if the
+        first anchor lies further (never more than ``MAX_BATCH_EVENTS``).
+        """
         ...
 
     def accept_batch(self, raws: list[bytes]) -> Outcome:
@@ -321,26 +334,48 @@ class Session:
         return [Ack(batch)]
 
     def _pump(self) -> list[Message]:
-        """Send what the peer lacks, up to the flow-control window."""
+        """Send what the peer lacks, up to the flow-control window.
+
+        A frame carries one author's run, then — while it has room — the runs of the next
+        authors behind: with many replicas writing a little each (a relay's live fan-out), one
+        frame, one transaction and one ACK then serve them all instead of one per author.
+        Each run still ends at an anchor, so the receiver verifies one signature per run.
+        """
         if self.audit or not self._have_received:
             return []
         out: list[Message] = []
         vv = self.port.version_vector()
         behind = sorted(a for a, (seq, _) in vv.items() if seq > self.peer_heads.get(a, 0))
         while behind and len(self._in_flight) < WINDOW:
-            author = behind[0]
-            first, last = self.peer_heads.get(author, 0) + 1, vv[author][0]
-            raws = self.port.serving_batch(author, first, last)
-            if not raws:
+            frame: list[bytes] = []
+            size = 0
+            while behind and len(frame) < BATCH_TARGET_EVENTS and size < BATCH_TARGET_BYTES:
+                author = behind[0]
+                first, last = self.peer_heads.get(author, 0) + 1, vv[author][0]
+                raws = self.port.serving_batch(
+                    author, first, last, BATCH_TARGET_EVENTS - len(frame), BATCH_TARGET_BYTES - size
+                )
+                if not raws:
+                    behind.pop(0)
+                    continue
+                run_size = sum(len(r) for r in raws)
+                if frame and (
+                    len(frame) + len(raws) > MAX_BATCH_EVENTS
+                    or size + run_size > MAX_COALESCED_BYTES
+                ):
+                    break  # ran on to an anchor past the room left: the next frame takes it
+                frame += raws
+                size += run_size
+                self.peer_heads[author] = first + len(raws) - 1
+                if self.peer_heads[author] < last:
+                    break  # this author fills the frame
                 behind.pop(0)
-                continue
-            out.append(Events(self._next_batch, tuple(raws)))
+            if not frame:
+                break
+            out.append(Events(self._next_batch, tuple(frame)))
             self._in_flight[self._next_batch] = self.clock()
             self._next_batch += 1
-            self.peer_heads[author] = first + len(raws) - 1
-            self.stats.events_sent += len(raws)
-            if self.peer_heads[author] >= last:
-                behind.pop(0)
+            self.stats.events_sent += len(frame)
         if not behind and not self.sent_caught_up:
             self.sent_caught_up = True
             out.append(CaughtUp())
