@@ -274,23 +274,25 @@ class Log:
         stored (it is one transaction): the peer is closed and resends from version vectors.
         """
         events = [decode_event(raw) for raw in raws]
-        for event in events:
-            self._check_vault(event)
-        tails = set()
-        for i, event in enumerate(events):
-            following = events[i + 1] if i + 1 < len(events) else None
-            continues = (
-                following is not None
-                and following.author == event.author
-                and following.seq == event.seq + 1
-                and following.prev == event.id
-            )
-            if not continues:
-                verify_signature(event.author, event.sig, event.signed)
-                tails.add(i)
         outcome = Outcome(Status.DUPLICATE, events[0].id if events else b"")
-        for event in events:
-            outcome.heads[event.author] = max(outcome.heads.get(event.author, 0), event.seq)
+        heads = outcome.heads
+        tails = set()
+        last = len(events) - 1
+        for i, event in enumerate(events):  # runs every event of a sync: plain tuple reads
+            header = event.header
+            if header.vault != self.vault_id:
+                self._check_vault(event)
+            if heads.get(header.author, 0) < header.seq:
+                heads[header.author] = header.seq
+            following = events[i + 1].header if i < last else None
+            if (
+                following is None
+                or following.author != header.author
+                or following.seq != header.seq + 1
+                or following.prev != event.id
+            ):
+                verify_signature(header.author, event.sig, event.signed)
+                tails.add(i)
         now = now_ms()
         version = self.roster_version
         with self.store.atomic():

@@ -98,6 +98,17 @@ class Event(NamedTuple):
     id: bytes
     raw: bytes
 
+    def associated_data(self) -> bytes:
+        """``header.associated_data()``, cut out of the signed bytes instead of re-encoded.
+
+        The signed bytes are ``[*header fields, body]`` canonically encoded: a fixarray of 11,
+        the fields, then the body as ``bin``. The associated data is the fixarray of the same
+        10 fields, so it is those bytes behind a fixarray-of-10 marker.
+        """
+        size = len(self.body)
+        body_header = 2 if size < 0x100 else 3 if size < 0x10000 else 5
+        return b"\x9a" + self.signed[1 : len(self.signed) - size - body_header]
+
     # Shortcuts for the fields every caller reads.
     @property
     def author(self) -> bytes:

@@ -63,7 +63,7 @@ class Keyring:
             self.events_key(event.epoch),
             event.header.nonce,
             event.body,
-            event.header.associated_data(),
+            event.associated_data(),
         )
         return unpad(padded)
 

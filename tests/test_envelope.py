@@ -61,6 +61,7 @@ def test_round_trip(header: Header, body: bytes) -> None:
     assert event.body == body
     assert event.raw == raw
     assert len(event.id) == 32
+    assert event.associated_data() == header.associated_data()
 
 
 @given(headers, st.binary(max_size=256), st.data())
@@ -199,3 +200,11 @@ def test_map_instead_of_array_rejected() -> None:
     signed = msgpack.packb({"v": 1}, use_bin_type=True)
     with pytest.raises(DecodeError):
         decode_event(encode_wire(signed, KEY.sign(signed)))
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536, 300_000])
+def test_associated_data_is_cut_from_every_body_length_form(size: int) -> None:
+    """bin8, bin16 and bin32 bodies: the cut equals the encoded header fields."""
+    header = Header(bytes(32), KEY.public, 2, b"\x07" * 32, 3, 4, 1, 2, b"n" * 24)
+    event = decode_event(make(header, b"b" * size))
+    assert event.associated_data() == header.associated_data()
