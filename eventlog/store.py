@@ -393,19 +393,26 @@ class Store:
         return last
 
     def serving_batch(
-        self, author: bytes, first: int, last: int, max_events: int, max_bytes: int
+        self,
+        author: bytes,
+        first: int,
+        last: int,
+        max_events: int,
+        max_bytes: int,
+        run_on: bool = True,
     ) -> list[StoredEvent]:
         """Events ``first..`` of ``author`` for one batch to a peer, ending at an anchor.
 
         Takes up to ``max_events``/``max_bytes``, then trims back to the last anchor so the
         receiver can authenticate the batch from one signature. If no anchor lies within the
         limits, runs on to the first one (anchors are never further apart than the largest
-        segment we accepted, which the receiving side bounds).
+        segment we accepted, which the receiving side bounds) — or, without ``run_on``,
+        returns nothing.
         """
         if first > last:
             return []
         recent = self._recent_batch(author, first, last, max_events, max_bytes)
-        if recent is not None:
+        if recent is not None and (recent or not run_on):
             return recent
         sizes = self.query_all(  # sizes first: length() does not read the blobs
             "SELECT seq, length(raw), anchor FROM events WHERE author = ? AND seq BETWEEN ? AND ?"
@@ -421,6 +428,8 @@ class Store:
         anchors = [int(seq) for seq, _, anchor in sizes if anchor]
         if anchors:
             return self.range(author, first, anchors[-1])
+        if not run_on:
+            return []
         extra = self.query_one(
             "SELECT min(seq) FROM events WHERE author = ? AND seq > ? AND seq <= ? AND anchor",
             (author, int(sizes[-1][0]) if sizes else first - 1, last),
@@ -432,7 +441,8 @@ class Store:
     def _recent_batch(
         self, author: bytes, first: int, last: int, max_events: int, max_bytes: int
     ) -> list[StoredEvent] | None:
-        """:meth:`serving_batch` from memory, or None when memory does not hold it all."""
+        """:meth:`serving_batch` from memory without running on: ``[]`` if no anchor lies
+        within the limits, None when memory does not hold the events to decide."""
         batch: list[StoredEvent] = []
         size = 0
         for seq in range(first, min(last, first + max_events - 1) + 1):
@@ -445,7 +455,7 @@ class Store:
             batch.append(row)
         while batch and not batch[-1].anchor:
             batch.pop()
-        return batch or None  # no anchor within the limits: SQL runs on to the next one
+        return batch
 
     def range(self, author: bytes, first: int, last: int) -> list[StoredEvent]:
         """Events ``first..last`` (inclusive) of one author, in seq order."""

@@ -107,9 +107,15 @@ class SpoilingRelayPort(RelayPort):
         self.head = vault.log.version_vector()[victim].seq
 
     def serving_batch(
-        self, author: bytes, first: int, last: int, max_events: int = 1024, max_bytes: int = 2**20
+        self,
+        author: bytes,
+        first: int,
+        last: int,
+        max_events: int = 1024,
+        max_bytes: int = 2**20,
+        run_on: bool = True,
     ) -> list[bytes]:
-        raws = super().serving_batch(author, first, last, max_events, max_bytes)
+        raws = super().serving_batch(author, first, last, max_events, max_bytes, run_on)
         if author != self.victim or len(raws) < 3 or self.mode == "honest":
             return raws
         mid = len(raws) // 2

@@ -57,8 +57,6 @@ WINDOW: Final = 8
 BATCH_TARGET_EVENTS: Final = MAX_BATCH_EVENTS
 """Anchors are at most MAX_BATCH_EVENTS apart, so a full-size batch always ends at one."""
 BATCH_TARGET_BYTES: Final = 1024 * 1024
-MAX_COALESCED_BYTES: Final = 2 * BATCH_TARGET_BYTES
-"""A frame already holding runs of other authors takes one more only up to this size."""
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 ACK_TIMEOUT_S: Final = 60.0
 FRAMES_PER_SECOND: Final = 2000.0
@@ -82,11 +80,13 @@ class LogPort(Protocol):
         last: int,
         max_events: int = BATCH_TARGET_EVENTS,
         max_bytes: int = BATCH_TARGET_BYTES,
+        run_on: bool = True,
     ) -> list[bytes]:
         """Raw events ``first..`` (at most ``last``) of one author, ending at an anchor.
 
         About ``max_events`` / ``max_bytes`` of them: fewer to end at an anchor, more if the
-        first anchor lies further (never more than ``MAX_BATCH_EVENTS``).
+        first anchor lies further (never more than ``MAX_BATCH_EVENTS``) — or, without
+        ``run_on``, none.
         """
         ...
 
@@ -353,19 +353,20 @@ class Session:
                 author = behind[0]
                 first, last = self.peer_heads.get(author, 0) + 1, vv[author][0]
                 raws = self.port.serving_batch(
-                    author, first, last, BATCH_TARGET_EVENTS - len(frame), BATCH_TARGET_BYTES - size
+                    author,
+                    first,
+                    last,
+                    BATCH_TARGET_EVENTS - len(frame),
+                    BATCH_TARGET_BYTES - size,
+                    run_on=not frame,  # a run that does not fit waits for the next frame
                 )
                 if not raws:
+                    if frame:
+                        break
                     behind.pop(0)
                     continue
-                run_size = sum(len(r) for r in raws)
-                if frame and (
-                    len(frame) + len(raws) > MAX_BATCH_EVENTS
-                    or size + run_size > MAX_COALESCED_BYTES
-                ):
-                    break  # ran on to an anchor past the room left: the next frame takes it
                 frame += raws
-                size += run_size
+                size += sum(len(r) for r in raws)
                 self.peer_heads[author] = first + len(raws) - 1
                 if self.peer_heads[author] < last:
                     break  # this author fills the frame
