@@ -105,6 +105,19 @@ async def _loop(
         wake.set()
         timer[:] = [loop.call_later(TICK_S, tick)]
 
+    lost: list[ConnectionError] = []
+
+    async def send(frames: list[bytes]) -> None:
+        """Send, but on a lost connection keep reading: the frames the peer sent before it
+        closed (an ERROR saying why, say) are still in the inbox and tell the real story."""
+        for frame in frames:
+            if lost:
+                return
+            try:
+                await ws.send_bytes(frame)
+            except ConnectionError as exc:
+                lost.append(exc)
+
     tick()
     reader = asyncio.ensure_future(_read(ws, inbox, wake, room))
     try:
@@ -113,27 +126,21 @@ async def _loop(
             wake.clear()
             while inbox:
                 message = inbox.popleft()
-                if message.type == WSMsgType.BINARY:
-                    before = session.stats.events_stored
-                    for frame in session.receive(message.data):
-                        await ws.send_bytes(frame)
-                    if on_stored is not None and session.stats.events_stored > before:
-                        on_stored(session.stats.events_stored - before)
-                elif message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                    code = ws.close_code or int(CloseCode.GOING_AWAY)
-                    return Ending(code, str(message.extra or "closed by peer"), by_peer=True)
-                elif message.type == WSMsgType.ERROR:
-                    return Ending(
-                        int(CloseCode.GOING_AWAY), f"socket error: {ws.exception()}", by_peer=True
-                    )
-                else:
-                    raise ProtocolError(CloseCode.MALFORMED, "text frames are not spoken")
+                if message.type != WSMsgType.BINARY:
+                    return _ending(ws, message)
+                before = session.stats.events_stored
+                await send(session.receive(message.data))
+                if on_stored is not None and session.stats.events_stored > before:
+                    on_stored(session.stats.events_stored - before)
             room.set()
+            if lost:
+                raise lost[0]
             if reader.done():
                 reader.result()  # the reader failed (a lost connection): raise it here
                 raise ConnectionError("the socket reader stopped")
-            for frame in session.local_changed():
-                await ws.send_bytes(frame)
+            await send(session.local_changed())
+            if lost:
+                raise lost[0]
             session.check_timeouts()
             if until_settled and session.settled:
                 await ws.close(code=int(CloseCode.NORMAL), message=b"settled")
@@ -141,6 +148,16 @@ async def _loop(
     finally:
         timer[0].cancel()
         reader.cancel()
+
+
+def _ending(ws: WebSocket, message: aiohttp.WSMessage) -> Ending:
+    """What a non-binary frame means: the peer closed, the socket failed, or a protocol error."""
+    if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+        code = ws.close_code or int(CloseCode.GOING_AWAY)
+        return Ending(code, str(message.extra or "closed by peer"), by_peer=True)
+    if message.type == WSMsgType.ERROR:
+        return Ending(int(CloseCode.GOING_AWAY), f"socket error: {ws.exception()}", by_peer=True)
+    raise ProtocolError(CloseCode.MALFORMED, "text frames are not spoken")
 
 
 async def _read(
