@@ -262,7 +262,7 @@ def decode_event(raw: bytes) -> Event:
         _uint(kind, "kind", high=MAX_KIND)
         _bytes(nonce, "nonce", limit=MAX_NONCE_BYTES)
         _bytes(body, "body")
-        raise AssertionError("unreachable: a field check above must have failed")
+        raise WrongTypeError("signed bytes: malformed header")  # not reached: one check fails
     header = Header(vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, version)
     canonical = msgpack.packb(outer, use_bin_type=True) == raw  # same values: re-encode them
     if not canonical or msgpack.packb(fields, use_bin_type=True) != signed:

@@ -22,11 +22,11 @@ from eventlog.membership import Member
 from eventlog.migrate import check_current, migrate
 
 MAX_PENDING: Final = 100_000
+"""Bound on the pending area; beyond it a sender is told to retry (``PendingFullError``)."""
 RECENT_BYTES: Final = 8 * 1024 * 1024
 """Events inserted lately are also kept in memory, up to this many bytes, for serving: a relay
 sends each batch it accepts on to every other connection of the vault, and reading it back
 from SQLite once per connection was 40 % of a busy relay's time (W6)."""
-"""Bound on the pending area; beyond it a sender is told to retry (``PendingFullError``)."""
 
 
 class Head(NamedTuple):
