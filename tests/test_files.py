@@ -179,6 +179,26 @@ def test_mirror_materializes_and_follows_deletes(trio: list[Replica], tmp_path: 
     assert not [p for p in dst.root.rglob("*") if p.name.startswith(".shoal-tmp")]
 
 
+def test_the_echo_of_a_mirror_write_is_dropped_but_an_edit_after_it_is_not(
+    trio: list[Replica], tmp_path: Path
+) -> None:
+    a, b = trio[0], trio[1]
+    src, _ = folder(a, tmp_path / "src")
+    dst, _ = folder(b, tmp_path / "dst", mirror=True)
+    (src.root / "p.bin").write_bytes(noise(5000, 3))
+    (src.root / "q.bin").write_bytes(noise(5000, 4))
+    src.scan()
+    exchange(a, b)
+    assert dst.scan().written == 2
+    p, q = dst.root / "p.bin", dst.root / "q.bin"
+    q.write_bytes(noise(6000, 5))  # edited on B right after the mirror wrote it
+    result = dst.changed_paths([("added", p), ("added", q)])  # the watcher's batch
+    assert (result.changed, result.unchanged) == (1, 0)  # p: an echo, not even looked up
+    assert current(b, "q.bin") == noise(6000, 5)
+    assert current(b, "p.bin") == noise(5000, 3)
+    assert dst.changed_paths([("modified", p)]).unchanged == 1  # later events are checked
+
+
 def test_ignore_patterns_temp_files_and_symlinks(
     make_replica: Callable[[str], Replica], tmp_path: Path
 ) -> None:
