@@ -122,8 +122,8 @@ class Folder:
         """Files the mirror could not write yet because some chunks have not arrived."""
         self._just_written: dict[Path, tuple[int, int]] = {}
         """Files the mirror wrote and their ``(size, mtime_ns)``: the watcher's echo of each is
-        dropped without a database lookup (W4b: ~10 % of a mirror's work). Any later edit
-        changes the pair, so it is still seen."""
+        dropped without touching the database. Any later edit changes the pair, so it is
+        still seen."""
         self.store.rollback_hooks.append(self._just_written.clear)
 
     # --- bookkeeping --------------------------------------------------------------------------
