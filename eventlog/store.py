@@ -263,40 +263,27 @@ class Store:
 
         Call inside :meth:`atomic`: the insert and the head move together.
         """
+        columns = (
+            event.author,
+            event.seq,
+            event.id,
+            event.lamport,
+            event.time_ms,
+            event.kind,
+            event.epoch,
+            event.raw,
+        )
         cur = self.conn.execute(
             "INSERT INTO events (author, seq, id, lamport, time_ms, kind, epoch, raw, anchor)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                event.author,
-                event.seq,
-                event.id,
-                event.lamport,
-                event.time_ms,
-                event.kind,
-                event.epoch,
-                event.raw,
-                int(anchor),
-            ),
+            (*columns, int(anchor)),
         )
         self._dirty_heads[event.author] = Head(event.seq, event.id, event.lamport)
         rowid = cur.lastrowid
         assert rowid is not None
         if self._event_bytes is not None:
             self._event_bytes += len(event.raw)
-        self._remember(
-            StoredEvent(
-                rowid,
-                event.author,
-                event.seq,
-                event.id,
-                event.lamport,
-                event.time_ms,
-                event.kind,
-                event.epoch,
-                event.raw,
-                anchor,
-            )
-        )
+        self._remember(StoredEvent(rowid, *columns, anchor))
         return rowid
 
     def _remember(self, row: StoredEvent) -> None:
