@@ -731,7 +731,7 @@ def sync(ctx: Context, url: str, as_json: bool) -> None:
                 received += count
                 progress.update(task, description=f"syncing: {received} events received")
 
-            result = asyncio.run(sync_once(replica, url, on_stored=tick))
+            result = asyncio.run(sync_once(replica, url, on_stored=tick, helper=True))
         info = {
             "url": url,
             "peer": result.peer.hex() if result.peer else None,
@@ -741,6 +741,7 @@ def sync(ctx: Context, url: str, as_json: bool) -> None:
             "stored": result.stats.events_stored,
             "bytes_sent": result.stats.bytes_sent,
             "bytes_received": result.stats.bytes_received,
+            "applied_by_helper": result.helper_applied,
         }
     if as_json:
         emit_json(info)

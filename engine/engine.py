@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from engine import documents, files
 from engine.documents import DOC_ID_BYTES, LiveDoc
-from eventlog.accept import Accepted, Log, Outcome, now_ms, public_payload
+from eventlog.accept import Accepted, Log, Outcome, Status, now_ms, public_payload
 from eventlog.crypto import KxKey, SigningKey, random_key, wrap_key
-from eventlog.envelope import Event, Kind, decode_event
+from eventlog.envelope import Event, Kind, decode_event, decode_stored
 from eventlog.errors import (
     AmbiguousError,
     DecodeError,
@@ -63,6 +63,8 @@ MAX_EDITS: Final = 4096
 SNAPSHOT_EVERY: Final = 64
 """Updates applied to a document between snapshots; bounds the replay on open."""
 MAX_LIVE_DOCS: Final = 64
+CATCH_UP_ROWS: Final = 1000
+"""Events per catch-up transaction: short, so a process storing beside it is not held up."""
 
 
 class Record(NamedTuple):
@@ -101,6 +103,8 @@ class Engine:
         self.store.external_change_hooks.append(self._refresh_live)
         self._applied = 0
         """Highest rowid applied in the open transaction; written once, at commit."""
+        self._in_order = False
+        """This transaction has applied whatever stored events came before its own."""
         self.store.pre_commit_hooks.append(self._write_applied)
         self.kx: KxKey | None = None
         """Our X25519 key, to unwrap the epoch keys a removal brings (set by ``replicas``)."""
@@ -409,6 +413,7 @@ class Engine:
     def _rolled_back(self) -> None:
         self._live.clear()
         self._applied = 0
+        self._in_order = False
 
     def accept_remote_batch(self, raws: list[bytes]) -> Outcome:
         """A batch from a peer (segment-verified, see ``Log.accept_batch``), then applied."""
@@ -437,17 +442,51 @@ class Engine:
             self._live[doc_id] = fresh
 
     def catch_up(self) -> int:
-        """Apply stored events the derived state has not seen (after a crash or a rebuild)."""
+        """Apply stored events the derived state has not seen: after a crash, a rebuild, or
+        events that another process stored (a bulk sync, see ``replicas.apply_helper``).
+
+        Each round decodes and opens a run of events outside any transaction (decryption is
+        most of the work and needs no lock), then applies them in one short transaction that
+        re-reads the watermark first: another process catching up on the same home may have
+        applied some of them meanwhile, and nothing is applied twice.
+        """
         applied = 0
         while True:
-            upto = self._applied_upto()
-            rows = self.store.events_after(upto, 1000)
+            rows = self.store.events_after(self.applied_upto(), CATCH_UP_ROWS)
             if not rows:
                 return applied
+            opened = [self._open_stored(row.rowid, row.raw, row.id) for row in rows]
             with self.store.atomic():
-                for row in rows:
-                    self._apply(Accepted(row.rowid, decode_event(row.raw)), None, None)
-                    applied += 1
+                upto = self.applied_upto()
+                for accepted, payload in opened:
+                    if accepted.rowid > upto:
+                        self._apply(accepted, payload, None)
+                        applied += 1
+
+    def settle(self, roster_changed: bool, revoked_changed: bool) -> int:
+        """After events were stored without the engine (``Log.accept_batch`` directly):
+        apply what is not applied yet, then what their membership events mean for us."""
+        applied = self.catch_up()
+        changes = Outcome(
+            Status.ACCEPTED, b"", roster_changed=roster_changed, revoked_changed=revoked_changed
+        )
+        self._roster_changed(changes)
+        self._notify()
+        return applied
+
+    def _open_stored(
+        self, rowid: int, raw: bytes, event_id: bytes
+    ) -> tuple[Accepted, Payload | None]:
+        """A stored event and, for a data event we can open, its payload (None otherwise:
+        ``_apply`` then opens it itself and notes why it cannot)."""
+        event = decode_stored(raw, event_id)
+        payload = None
+        if event.kind == Kind.DATA and not self.log.revoked(event.author, event.seq):
+            try:
+                payload = self.keyring.open_payload(event)
+            except (IntegrityError, DecodeError):
+                payload = None
+        return Accepted(rowid, event), payload
 
     def _stored_event(self, rowid: int) -> Event:
         row = self.store.event_by_rowid(rowid)
@@ -459,6 +498,9 @@ class Engine:
 
     def _apply(self, accepted: Accepted, payload: Payload | None, echo: LiveDoc | None) -> None:
         event, rowid = accepted.event, accepted.rowid
+        if not self._in_order:
+            self._in_order = True
+            self._apply_missed(rowid)
         note = None
         if self.log.revoked(event.author, event.seq):
             note, payload = "revoked: written after its author was removed", None
@@ -498,6 +540,24 @@ class Engine:
                     "INSERT OR REPLACE INTO replica_names VALUES (?, ?)", (event.author, name)
                 )
         self._applied = max(self._applied, rowid)
+
+    def _apply_missed(self, rowid: int) -> None:
+        """First apply the stored events before ``rowid`` that no process has applied yet.
+
+        ``applied_upto`` means every event up to it is applied. A bulk sync stores events and
+        leaves them to its helper process (``replicas.apply_helper``); a daemon or a command
+        that applies an event of its own in the meantime must not move the mark past them.
+        Once per transaction; rowids have no holes (events are never deleted), so the common
+        case is one read of the mark.
+        """
+        upto = self.applied_upto()
+        while upto < rowid - 1:
+            rows = [r for r in self.store.events_after(upto, CATCH_UP_ROWS) if r.rowid < rowid]
+            if not rows:
+                return
+            for row in rows:
+                self._apply(*self._open_stored(row.rowid, row.raw, row.id), None)
+            upto = rows[-1].rowid
 
     def _refuse_update(self, doc_id: bytes, rowid: int, exc: Exception) -> None:
         """A signed ``doc.update`` whose bytes pycrdt cannot apply (a buggy or hostile member).
@@ -630,6 +690,7 @@ class Engine:
             del self._live[old_id]
 
     def _write_applied(self) -> None:
+        self._in_order = False
         if self._applied:
             self.store.conn.execute(
                 "UPDATE engine_state SET value = max(value, ?) WHERE key = 'applied_upto'",
@@ -642,7 +703,8 @@ class Engine:
         row = self.store.query_one("SELECT value FROM engine_state WHERE key = 'rebuilds'")
         return int(row[0]) if row else 0
 
-    def _applied_upto(self) -> int:
+    def applied_upto(self) -> int:
+        """The local rowid up to which every stored event is applied (in any process)."""
         row = self.store.query_one("SELECT value FROM engine_state WHERE key = 'applied_upto'")
         return int(row[0]) if row else 0
 
@@ -652,7 +714,7 @@ class Engine:
         """Applied events after local rowid ``after`` (default: from now on)."""
         from engine.subscription import Subscription
 
-        return Subscription(self, self._applied_upto() if after is None else after)
+        return Subscription(self, self.applied_upto() if after is None else after)
 
     def add_wakeup(self, wakeup: asyncio.Event) -> None:
         self._wakeups.add(wakeup)

@@ -23,8 +23,10 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from eventlog.accept import Outcome
 from eventlog.crypto import SigningKey
 from eventlog.errors import ShoalError
+from replicas.apply_helper import START_AFTER_EVENTS, ApplyHelper
 from replicas.vault import Replica
 from transport.messages import CloseCode
 from transport.ports import LogPortBase, member_may_connect
@@ -65,6 +67,45 @@ class ReplicaPort(LogPortBase):
         return member_may_connect(self.log, peer)
 
 
+class BulkReplicaPort(ReplicaPort):
+    """A one-shot sync's port: once a pull turns out big, batches are only stored here and
+    a helper process applies them beside us (``replicas.apply_helper``); ``settle`` then
+    applies whatever it left and takes the roster's consequences once."""
+
+    def __init__(self, replica: Replica, helper: ApplyHelper) -> None:
+        super().__init__(replica)
+        self._accept = self._accept_bulk
+        self.replica = replica
+        self.helper = helper
+        self.stored = 0
+        self.helped = False
+        self.helper_from = 0
+        self.helper_applied = 0
+        """Events the helper applied (the rest were applied here)."""
+        self.roster_changed = self.revoked_changed = False
+
+    def _accept_bulk(self, raws: list[bytes]) -> Outcome:
+        if not self.helped and self.stored < START_AFTER_EVENTS:
+            outcome = self.replica.engine.accept_remote_batch(raws)
+        else:
+            if not self.helped:
+                self.helper_from = self.replica.engine.applied_upto()
+                self.helper.start()
+                self.helped = True
+            outcome = self.log.accept_batch(raws)
+            self.roster_changed |= outcome.roster_changed
+            self.revoked_changed |= outcome.revoked_changed
+        self.stored += len(outcome.accepted)
+        return outcome
+
+    def settle(self) -> None:
+        if not self.helped:
+            return
+        self.helper.finish()
+        self.helper_applied = self.replica.engine.applied_upto() - self.helper_from
+        self.replica.engine.settle(self.roster_changed, self.revoked_changed)
+
+
 @dataclass
 class SyncResult:
     stats: Stats
@@ -72,6 +113,8 @@ class SyncResult:
     peer_role: str
     peer_have: dict[bytes, tuple[int, bytes]]
     proofs: list[bytes]
+    helper_applied: int = 0
+    """Events a helper process applied beside the sync (``replicas.apply_helper``)."""
 
 
 async def sync_once(
@@ -83,23 +126,33 @@ async def sync_once(
     audit: bool = False,
     probes: Callable[[Session], list[tuple[bytes, int]]] | None = None,
     timeout: float = 600.0,
+    helper: bool = False,
 ) -> SyncResult:
     """Exchange events with one peer or relay until both hold each other's events.
 
     A peer that advertises events and does not send them is asked again on a fresh
     connection (its version vector exchange is the request); if the gap remains, the sync
-    fails with "missing N events from <peer>" rather than reporting success.
+    fails with "missing N events from <peer>" rather than reporting success. With
+    ``helper``, a big pull is applied by a second process while it is stored (see
+    ``replicas.apply_helper``); every event is applied when this returns, either way.
     """
+    helper_applied = 0
     for attempt in range(1 + GAP_RETRIES):
+        port = BulkReplicaPort(replica, ApplyHelper(replica.home.root)) if helper else None
         session = Session(
             signer or replica.engine.signer,
-            ReplicaPort(replica),
+            port or ReplicaPort(replica),
             "full",
             initiator=True,
             clock=time.monotonic,
             audit=audit,
         )
-        await _sync_session(session, url, on_stored, probes, timeout)
+        try:
+            await _sync_session(session, url, on_stored, probes, timeout)
+        finally:
+            if port is not None:
+                port.settle()
+                helper_applied += port.helper_applied
         gaps = {} if audit else session.missing()
         if not gaps:
             break
@@ -107,7 +160,12 @@ async def sync_once(
     else:
         raise SyncError(f"sync with {url} incomplete: {describe_gaps(session)}")
     return SyncResult(
-        session.stats, session.peer, session.peer_role, session.peer_have, session.proofs
+        session.stats,
+        session.peer,
+        session.peer_role,
+        session.peer_have,
+        session.proofs,
+        helper_applied,
     )
 
 

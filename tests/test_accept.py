@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pytest
 
+from eventlog import store as store_module
 from eventlog.accept import Status, now_ms
 from eventlog.crypto import KxKey, SigningKey
 from eventlog.envelope import ZERO32, Event, Kind, assemble, decode_event, encode_signed
@@ -12,6 +16,7 @@ from eventlog.errors import (
     BrokenChainError,
     FrozenAuthorError,
     MembershipError,
+    StorageError,
     WrongVaultError,
 )
 from eventlog.membership import member_add_payload
@@ -262,3 +267,38 @@ def test_batches_served_from_memory_match_the_database(make_replica, tmp_path) -
         assert served_from_memory > 0
     finally:
         cold.close()
+
+
+def test_a_writer_gets_the_lock_another_process_held_once_it_is_free(tmp_path) -> None:
+    """``Store._begin`` polls for the write lock; it must still get it, and in order."""
+    store = Store.open(tmp_path / "v.db", create=True)
+    other = sqlite3.connect(tmp_path / "v.db", isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO vault VALUES ('written', x'01')")
+        threading.Timer(0.05, lambda: other.execute("COMMIT")).start()
+        with store.atomic():  # waits for the other connection's commit, then writes
+            store.conn.execute("UPDATE vault SET value = x'02' WHERE key = 'written'")
+        assert store.get_fact("written") == b"\x02"
+        busy = store.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        assert busy == store_module.BUSY_TIMEOUT_MS  # every other statement keeps it
+    finally:
+        other.close()
+        store.close()
+
+
+def test_a_lock_held_past_the_busy_timeout_is_a_typed_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    store = Store.open(tmp_path / "v.db", create=True)
+    other = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StorageError, match="cannot begin a transaction"), store.atomic():
+            pass
+        other.execute("ROLLBACK")
+        with store.atomic():  # and the store is usable afterwards
+            store.conn.execute("INSERT INTO vault VALUES ('after', x'03')")
+        assert store.get_fact("after") == b"\x03"
+    finally:
+        other.close()
+        store.close()

@@ -221,3 +221,26 @@ def test_events_hold_no_plaintext(trio) -> None:
                 assert needle.encode("utf-16-le") not in raw
     # ... while the trusted home can read them.
     assert str(b.engine.open(doc).body) == planted[1]
+
+
+def test_events_stored_without_the_engine_are_applied_before_a_new_one(trio) -> None:
+    """A bulk sync stores events and leaves them to its helper process; a write made here in
+    the meantime applies them first, so the watermark never passes an unapplied event."""
+    a, b, _ = trio
+    doc = a.engine.create_doc("shared", "from a\n")
+    for i in range(30):
+        a.engine.append_text(doc, f"a{i}\n")
+        a.engine.flush()
+    outcome = b.log.accept_batch(all_raw(a))  # stored, not applied
+    assert len(outcome.accepted) > 30
+    assert b.engine.applied_upto() < b.store.last_rowid()
+    mine = b.engine.create_doc("b's own", "from b\n")
+    b.engine.flush()
+    assert b.engine.applied_upto() == b.store.last_rowid()
+    indexed = b.store.query_one("SELECT count(*) FROM event_index")
+    assert indexed == (b.store.event_count(),)
+    assert str(b.engine.open(doc).body) == str(a.engine.open(doc).body)
+    assert str(b.engine.open(mine).body) == "from b\n"
+    before = [(d.doc, d.events, d.size) for d in views.list_docs(b.store)]
+    b.engine.rebuild()
+    assert [(d.doc, d.events, d.size) for d in views.list_docs(b.store)] == before

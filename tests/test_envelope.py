@@ -16,6 +16,7 @@ from eventlog.envelope import (
     Header,
     assemble,
     decode_event,
+    decode_stored,
     encode_signed,
     encode_wire,
 )
@@ -99,6 +100,33 @@ def test_bit_flips_never_escape_as_other_errors(
     original = decode_event(make(header, body))
     assert event.raw == bytes(raw)
     assert (event.id, event.sig) != (original.id, original.sig)
+
+
+@given(headers, st.binary(max_size=2048))
+def test_reading_back_a_stored_event_equals_the_strict_decode(header: Header, body: bytes) -> None:
+    event = decode_event(make(header, body))
+    assert decode_stored(event.raw, event.id) == event
+
+
+@given(headers, st.binary(max_size=128), st.data())
+def test_a_damaged_stored_event_gets_a_typed_error_or_a_well_typed_event(
+    header: Header, body: bytes, data: st.DataObject
+) -> None:
+    raw = bytearray(make(header, body))
+    i = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    raw[i] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
+    try:
+        event = decode_stored(bytes(raw), bytes(32))
+    except DecodeError:
+        return
+    assert all(type(f) is bytes for f in (event.vault, event.author, event.prev, event.body))
+    assert all(type(f) is int for f in (event.seq, event.lamport, event.epoch, event.kind))
+
+
+@given(st.binary(max_size=512))
+def test_reading_back_garbage_raises_only_decode_errors(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        decode_stored(data, bytes(32))
 
 
 def test_trailing_bytes_rejected() -> None:
