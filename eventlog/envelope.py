@@ -206,6 +206,11 @@ def _uint(value: Any, name: str, low: int = 0, high: int = MAX_UINT64) -> int:
     return value
 
 
+def _bin_size(length: int) -> int:
+    """Bytes of a canonical msgpack ``bin`` of ``length`` bytes: bin8, bin16 or bin32."""
+    return length + (2 if length < 0x100 else 3 if length < 0x10000 else 5)
+
+
 def decode_event(raw: bytes) -> Event:
     """Strictly decode a wire event. Raises a ``DecodeError`` subclass for any violation.
 
@@ -213,7 +218,8 @@ def decode_event(raw: bytes) -> Event:
     """
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise WrongTypeError(f"event: expected bytes, got {type(raw).__name__}")
-    raw = bytes(raw)
+    if type(raw) is not bytes:
+        raw = bytes(raw)
     if len(raw) > MAX_EVENT_BYTES:
         raise OversizeError(f"event: {len(raw)} bytes exceeds {MAX_EVENT_BYTES}")
     outer = _unpack(raw, "event")
@@ -264,7 +270,11 @@ def decode_event(raw: bytes) -> Event:
         _bytes(body, "body")
         raise WrongTypeError("signed bytes: malformed header")  # not reached: one check fails
     header = Header(vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, version)
-    canonical = msgpack.packb(outer, use_bin_type=True) == raw  # same values: re-encode them
+    # The outer array holds two byte strings, each with one shortest header, and unpacking
+    # consumed every byte: it is canonical exactly when its length is the shortest possible.
+    # Integers have same-length non-canonical forms (int16 for uint16), so the signed bytes
+    # are re-encoded from the decoded values.
+    canonical = len(raw) == 1 + _bin_size(len(signed)) + _bin_size(SIG_BYTES)
     if not canonical or msgpack.packb(fields, use_bin_type=True) != signed:
         raise NonCanonicalError("event: bytes are not the canonical encoding")
     if seq == 1 and prev != ZERO32:

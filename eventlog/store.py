@@ -422,8 +422,9 @@ class Store:
         max_events: int,
         max_bytes: int,
         run_on: bool = True,
-    ) -> list[StoredEvent]:
-        """Events ``first..`` of ``author`` for one batch to a peer, ending at an anchor.
+    ) -> list[bytes]:
+        """Events ``first..`` of ``author`` for one batch to a peer, ending at an anchor: the
+        raw events, which is all a peer is sent (no row objects are built for them).
 
         Takes up to ``max_events``/``max_bytes``, then trims back to the last anchor so the
         receiver can authenticate the batch from one signature. If no anchor lies within the
@@ -449,7 +450,7 @@ class Store:
                 break
         anchors = [int(seq) for seq, _, anchor in sizes if anchor]
         if anchors:
-            return self.range(author, first, anchors[-1])
+            return self._raws(author, first, anchors[-1])
         if not run_on:
             return []
         extra = self.query_one(
@@ -457,12 +458,12 @@ class Store:
             (author, int(sizes[-1][0]) if sizes else first - 1, last),
         )
         if extra is None or extra[0] is None:
-            return self.range(author, first, int(sizes[-1][0])) if sizes else []
-        return self.range(author, first, int(extra[0]))
+            return self._raws(author, first, int(sizes[-1][0])) if sizes else []
+        return self._raws(author, first, int(extra[0]))
 
     def _recent_batch(
         self, author: bytes, first: int, last: int, max_events: int, max_bytes: int
-    ) -> list[StoredEvent] | None:
+    ) -> list[bytes] | None:
         """:meth:`serving_batch` from memory without running on: ``[]`` if no anchor lies
         within the limits, None when memory does not hold the events to decide."""
         batch: list[StoredEvent] = []
@@ -477,7 +478,14 @@ class Store:
             batch.append(row)
         while batch and not batch[-1].anchor:
             batch.pop()
-        return batch
+        return [row.raw for row in batch]
+
+    def _raws(self, author: bytes, first: int, last: int) -> list[bytes]:
+        rows = self.query_all(
+            "SELECT raw FROM events WHERE author = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+            (author, first, last),
+        )
+        return [raw for (raw,) in rows]
 
     def range(self, author: bytes, first: int, last: int) -> list[StoredEvent]:
         """Events ``first..last`` (inclusive) of one author, in seq order."""

@@ -6,7 +6,7 @@ import contextlib
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from eventlog.crypto import SigningKey
@@ -222,6 +222,25 @@ def test_non_canonical_outer_rejected() -> None:
     outer = b"\x92" + msgpack.packb(signed, use_bin_type=True) + b"\xc5\x00\x40" + sig
     with pytest.raises(NonCanonicalError):
         decode_event(outer)
+
+
+@given(headers, st.binary(max_size=300), st.sampled_from(["array16", "array32", "bin16", "bin32"]))
+def test_every_longer_outer_form_is_non_canonical(header: Header, body: bytes, form: str) -> None:
+    """The outer check is by length: every other header form of the same values is longer."""
+    signed = encode_signed(header, body)
+    sig = KEY.sign(signed)
+    sizes = {"bin16": (b"\xc5", 2), "bin32": (b"\xc6", 4)}
+    array = {"array16": b"\xdc\x00\x02", "array32": b"\xdd\x00\x00\x00\x02"}.get(form, b"\x92")
+    if form in sizes:
+        tag, width = sizes[form]
+        assume(len(signed) < 1 << (8 * width // 2))  # else that form is the canonical one
+        signed_part = tag + len(signed).to_bytes(width, "big") + signed
+    else:
+        signed_part = msgpack.packb(signed, use_bin_type=True)
+    raw = array + signed_part + msgpack.packb(sig, use_bin_type=True)
+    assert msgpack.unpackb(raw) == [signed, sig]
+    with pytest.raises(NonCanonicalError):
+        decode_event(raw)
 
 
 def test_map_instead_of_array_rejected() -> None:

@@ -44,8 +44,8 @@ class LogPortBase:
         max_bytes: int = BATCH_TARGET_BYTES,
         run_on: bool = True,
     ) -> list[bytes]:
-        rows = self.log.store.serving_batch(author, first, last, max_events, max_bytes, run_on)
-        return [row.raw for row in rows[:MAX_BATCH_EVENTS]]
+        raws = self.log.store.serving_batch(author, first, last, max_events, max_bytes, run_on)
+        return raws[:MAX_BATCH_EVENTS]
 
     def accept_batch(self, raws: list[bytes]) -> Outcome:
         if self._accept is not None:
