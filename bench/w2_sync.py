@@ -47,7 +47,17 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bench._common import OUT_DIR, REPO_ROOT, now, parser, progress, report, verdict
+from bench._common import (
+    OUT_DIR,
+    REPO_ROOT,
+    child_env,
+    now,
+    parser,
+    progress,
+    report,
+    verdict,
+    warm_bytecode,
+)
 from eventlog.crypto import KxKey, SigningKey
 from eventlog.envelope import Kind, decode_event
 from replicas.home import Home
@@ -101,7 +111,7 @@ class Child:
         self.err_path = logs.with_suffix(".err")
         self.args = args
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(args, stdout=out, stderr=err, env=child_env())
         deadline = time.monotonic() + timeout
         while True:
             text = self.out_path.read_text(encoding="utf-8", errors="replace")
@@ -254,7 +264,7 @@ def timed_child(args: list[str], cwd: Path) -> tuple[float, int, str, str, int]:
     ended: list[tuple[float, int]] = []
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = now()
-        proc = subprocess.Popen(args, stdout=out, stderr=err)
+        proc = subprocess.Popen(args, stdout=out, stderr=err, env=child_env())
 
         def reap() -> None:
             _, status = os.waitpid(proc.pid, 0)
@@ -348,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = build_vault(n, args.rebuild)
     big_cache = build_vault(big, args.rebuild) if big else None
+    warm_bytecode()
     with tempfile.TemporaryDirectory(prefix="shoal-w2-") as tmp_name:
         tmp = Path(tmp_name)
         progress("naive limit (before)")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -44,7 +43,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench._common import OUT_DIR, REPO_ROOT, median, now, parser, progress, report, verdict
+from bench._common import (
+    OUT_DIR,
+    REPO_ROOT,
+    child_env,
+    median,
+    now,
+    parser,
+    progress,
+    report,
+    verdict,
+)
 from bench.trace import TRACE, Patch, load_trace, run_pycrdt
 from engine.engine import SNAPSHOT_EVERY, Engine
 from replicas.home import Home
@@ -252,15 +261,6 @@ def get_vault(n: int, d: int, rebuild: bool) -> tuple[Path, dict[str, Any]]:
 
 
 # --- measuring ------------------------------------------------------------------------------------
-
-
-def child_env(bytecode_cache: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("SHOAL_HOME", None)
-    if bytecode_cache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(OUT_DIR / "pycache")
-    return env
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
