@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 from rich.console import Console
@@ -27,6 +27,10 @@ from eventlog.errors import NotFoundError, ShoalError
 from replicas import inspect
 from replicas.home import Home, default_home
 from replicas.vault import Replica, init_vault, opened
+
+if TYPE_CHECKING:
+    from replicas.apply_helper import ApplyHelper
+    from replicas.node import SyncResult
 
 DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 P = ParamSpec("P")
@@ -531,6 +535,7 @@ def serve(
     """Sync live with peers and relays until interrupted."""
     import asyncio
 
+    from replicas.folder_worker import FolderWorker
     from replicas.node import serve_node
     from replicas.processing import serving_task
     from replicas.relay import parse_listen
@@ -539,9 +544,12 @@ def serve(
     _setup_logging(verbose)
     bind = parse_listen(listen, 7421) if listen else None
     with ctx.replica() as replica:
-        folders = open_folders(replica, list(watch_dirs), list(mirror_dirs), _report)
+        worker = None
+        if watch_dirs or mirror_dirs:  # checked here, followed by a worker process
+            open_folders(replica, list(watch_dirs), list(mirror_dirs), _report)
+            worker = FolderWorker(replica.home.root, list(watch_dirs), list(mirror_dirs), verbose)
         work = serving_task(replica, processors)
-        asyncio.run(serve_node(replica, bind, list(relays), list(peers), discover, folders, work))
+        asyncio.run(serve_node(replica, bind, list(relays), list(peers), discover, worker, work))
 
 
 def _report(line: str) -> None:
@@ -709,29 +717,15 @@ def get(ctx: Context, target: str, at: str | None, out_path: Path | None) -> Non
 @guarded
 def sync(ctx: Context, url: str, as_json: bool) -> None:
     """Exchange events with a peer or relay until both sides hold each other's events."""
-    import asyncio
-
-    from rich.progress import Progress, SpinnerColumn, TextColumn
-
-    from replicas.node import sync_once
+    from replicas.apply_helper import ApplyHelper
 
     with ctx.replica() as replica:
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            console=err,
-            transient=True,
-            disable=as_json,
-        ) as progress:
-            task = progress.add_task("syncing", total=None)
-            received = 0
-
-            def tick(count: int) -> None:
-                nonlocal received
-                received += count
-                progress.update(task, description=f"syncing: {received} events received")
-
-            result = asyncio.run(sync_once(replica, url, on_stored=tick, helper=True))
+        helper = ApplyHelper(replica.home.root)
+        helper.start()  # boots beside our own imports and handshake; stopped if not needed
+        try:
+            result = _sync_with_progress(replica, url, helper, as_json)
+        finally:
+            helper.cancel()
         info = {
             "url": url,
             "peer": result.peer.hex() if result.peer else None,
@@ -751,6 +745,33 @@ def sync(ctx: Context, url: str, as_json: bool) -> None:
             f"sent {info['sent']} events, received {info['received']} "
             f"({info['stored']} new)"
         )
+
+
+def _sync_with_progress(
+    replica: Replica, url: str, helper: ApplyHelper, as_json: bool
+) -> SyncResult:
+    import asyncio
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from replicas.node import sync_once
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        console=err,
+        transient=True,
+        disable=as_json,
+    ) as progress:
+        task = progress.add_task("syncing", total=None)
+        received = 0
+
+        def tick(count: int) -> None:
+            nonlocal received
+            received += count
+            progress.update(task, description=f"syncing: {received} events received")
+
+        return asyncio.run(sync_once(replica, url, on_stored=tick, helper=helper))
 
 
 @main.command()

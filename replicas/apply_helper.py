@@ -6,15 +6,14 @@ document). On one core they run one after the other; the Python interpreter cann
 them in threads (the crypto holds the GIL). Once a batch is stored, applying it needs
 nothing from the connection, so during a big pull the syncing process keeps the accept path
 and this helper follows the log with ``Engine.catch_up`` in a process of its own, on the
-other core (Syncthing's puller and database writer are separate goroutines for the same
-reason).
+other core.
 
 The helper only ever saves time, it never decides anything: its transactions are short
 (``engine.CATCH_UP_ROWS`` events, decryption done before the lock is taken), ``catch_up``
 never applies an event twice, and when the sync ends the syncing process waits for it, then
 runs ``Engine.settle`` itself: whatever the helper did not reach (it died, it never started)
 is applied there, and the roster's consequences (new epoch keys, revoked events) are taken
-once, in the process that stored the membership events.
+once, in the process that stored the membership events (``replicas.node.BulkPull``).
 
     python -m replicas.apply_helper HOME     # applies until its stdin closes, then exits
 """
@@ -29,14 +28,16 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from eventlog.errors import ShoalError
 from replicas.home import Home
 from replicas.vault import open_replica
 
 log = logging.getLogger("shoal.apply_helper")
 
 START_AFTER_EVENTS: Final = 4000
-"""A sync stores this many events itself before it starts a helper: small syncs never pay
-for a second interpreter (~0.3 s of CPU to start), big ones soon split the work."""
+"""A sync applies this many events itself before it hands over to its helper (started when
+the sync began, so that its ~0.3 s of start-up overlaps the sync's own); a smaller pull
+never uses the helper, which is stopped unused."""
 IDLE_POLL_S: Final = 0.02
 """How often an idle helper looks for newly stored events (and whether its stdin closed)."""
 FINISH_TIMEOUT_S: Final = 120.0
@@ -63,6 +64,18 @@ class ApplyHelper:
             )
         except OSError as exc:  # no helper: the sync applies everything at the end instead
             log.warning("cannot start the apply helper: %s", exc)
+
+    def cancel(self) -> None:
+        """Stop a helper that was not needed (a small pull), without waiting for it to boot.
+
+        Safe at any point: all it ever writes is in transactions that a kill rolls back, and
+        the events it did not apply are applied by whoever applies next (``Engine._apply``)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
 
     def finish(self) -> None:
         """Tell the helper the sync is over and wait until it has applied what is stored."""
@@ -96,6 +109,14 @@ def follow(home: Path) -> int:
         replica.close()
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="shoal apply helper: %(message)s")
-    raise SystemExit(follow(Path(sys.argv[1])))
+    try:
+        return follow(Path(argv[1]))
+    except ShoalError as exc:  # the sync that started us applies everything itself then
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

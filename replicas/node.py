@@ -34,7 +34,7 @@ from transport.session import Session, Stats
 from transport.ws import SYNC_PATH, Ending, connect, drive, server_socket, sync_url
 
 if TYPE_CHECKING:
-    from replicas.folders import Folder
+    from replicas.folder_worker import FolderWorker
 
 log = logging.getLogger("shoal.node")
 
@@ -54,10 +54,13 @@ class SyncError(ShoalError):
 
 
 class ReplicaPort(LogPortBase):
-    """A full replica as the sync protocol sees it."""
+    """A full replica as the sync protocol sees it (received batches are applied as they are
+    stored, unless ``accept`` says otherwise: see :class:`BulkPull`)."""
 
-    def __init__(self, replica: Replica) -> None:
-        super().__init__(replica.log, replica.engine.accept_remote_batch)
+    def __init__(
+        self, replica: Replica, accept: Callable[[list[bytes]], Outcome] | None = None
+    ) -> None:
+        super().__init__(replica.log, accept or replica.engine.accept_remote_batch)
 
     def may_connect(self, peer: bytes, role: str, initiator: bool) -> bool:
         if initiator and (role == "relay" or not self.log.roster):
@@ -67,43 +70,47 @@ class ReplicaPort(LogPortBase):
         return member_may_connect(self.log, peer)
 
 
-class BulkReplicaPort(ReplicaPort):
-    """A one-shot sync's port: once a pull turns out big, batches are only stored here and
-    a helper process applies them beside us (``replicas.apply_helper``); ``settle`` then
-    applies whatever it left and takes the roster's consequences once."""
+@dataclass
+class BulkPull:
+    """One sync's split of the work with an apply helper (``replicas.apply_helper``).
 
-    def __init__(self, replica: Replica, helper: ApplyHelper) -> None:
-        super().__init__(replica)
-        self._accept = self._accept_bulk
-        self.replica = replica
-        self.helper = helper
-        self.stored = 0
-        self.helped = False
-        self.helper_from = 0
-        self.helper_applied = 0
-        """Events the helper applied (the rest were applied here)."""
-        self.roster_changed = self.revoked_changed = False
+    The first ``START_AFTER_EVENTS`` events received are applied here as they are stored;
+    once a pull turns out bigger, batches are only stored and the helper, started when the
+    sync began so that it has booted by then, applies them. ``settle`` ends the split.
+    """
 
-    def _accept_bulk(self, raws: list[bytes]) -> Outcome:
-        if not self.helped and self.stored < START_AFTER_EVENTS:
-            outcome = self.replica.engine.accept_remote_batch(raws)
+    replica: Replica
+    helper: ApplyHelper
+    stored: int = 0
+    handed_over_at: int | None = None
+    """The applied mark when the helper took over (None: it never did)."""
+    roster_changed: bool = False
+    revoked_changed: bool = False
+
+    def accept(self, raws: list[bytes]) -> Outcome:
+        engine = self.replica.engine
+        if self.handed_over_at is None and self.stored < START_AFTER_EVENTS:
+            outcome = engine.accept_remote_batch(raws)
         else:
-            if not self.helped:
-                self.helper_from = self.replica.engine.applied_upto()
-                self.helper.start()
-                self.helped = True
-            outcome = self.log.accept_batch(raws)
+            if self.handed_over_at is None:
+                self.handed_over_at = engine.applied_upto()
+            outcome = self.replica.log.accept_batch(raws)
             self.roster_changed |= outcome.roster_changed
             self.revoked_changed |= outcome.revoked_changed
         self.stored += len(outcome.accepted)
         return outcome
 
-    def settle(self) -> None:
-        if not self.helped:
-            return
+    def settle(self) -> int:
+        """Wait for the helper (or stop it, unused), apply here whatever it left, and take
+        the roster's consequences; returns how many events the helper applied."""
+        if self.handed_over_at is None:
+            self.helper.cancel()
+            return 0
         self.helper.finish()
-        self.helper_applied = self.replica.engine.applied_upto() - self.helper_from
-        self.replica.engine.settle(self.roster_changed, self.revoked_changed)
+        engine = self.replica.engine
+        applied = engine.applied_upto() - self.handed_over_at
+        engine.settle(self.roster_changed, self.revoked_changed)
+        return applied
 
 
 @dataclass
@@ -126,39 +133,37 @@ async def sync_once(
     audit: bool = False,
     probes: Callable[[Session], list[tuple[bytes, int]]] | None = None,
     timeout: float = 600.0,
-    helper: bool = False,
+    helper: ApplyHelper | None = None,
 ) -> SyncResult:
     """Exchange events with one peer or relay until both hold each other's events.
 
     A peer that advertises events and does not send them is asked again on a fresh
     connection (its version vector exchange is the request); if the gap remains, the sync
-    fails with "missing N events from <peer>" rather than reporting success. With
-    ``helper``, a big pull is applied by a second process while it is stored (see
-    ``replicas.apply_helper``); every event is applied when this returns, either way.
+    fails with "missing N events from <peer>" rather than reporting success. Given a started
+    ``helper``, a big pull is applied by that second process while it is stored (see
+    :class:`BulkPull`); every event is applied when this returns, either way.
     """
-    helper_applied = 0
-    for attempt in range(1 + GAP_RETRIES):
-        port = BulkReplicaPort(replica, ApplyHelper(replica.home.root)) if helper else None
-        session = Session(
-            signer or replica.engine.signer,
-            port or ReplicaPort(replica),
-            "full",
-            initiator=True,
-            clock=time.monotonic,
-            audit=audit,
-        )
-        try:
+    bulk = BulkPull(replica, helper) if helper is not None else None
+    port = ReplicaPort(replica, bulk.accept if bulk is not None else None)
+    try:
+        for attempt in range(1 + GAP_RETRIES):
+            session = Session(
+                signer or replica.engine.signer,
+                port,
+                "full",
+                initiator=True,
+                clock=time.monotonic,
+                audit=audit,
+            )
             await _sync_session(session, url, on_stored, probes, timeout)
-        finally:
-            if port is not None:
-                port.settle()
-                helper_applied += port.helper_applied
-        gaps = {} if audit else session.missing()
-        if not gaps:
-            break
-        log.warning("sync with %s: %s (attempt %d)", url, describe_gaps(session), attempt + 1)
-    else:
-        raise SyncError(f"sync with {url} incomplete: {describe_gaps(session)}")
+            gaps = {} if audit else session.missing()
+            if not gaps:
+                break
+            log.warning("sync with %s: %s (attempt %d)", url, describe_gaps(session), attempt + 1)
+        else:
+            raise SyncError(f"sync with {url} incomplete: {describe_gaps(session)}")
+    finally:
+        helper_applied = bulk.settle() if bulk is not None else 0
     return SyncResult(
         session.stats,
         session.peer,
@@ -403,10 +408,11 @@ async def serve_node(
     relays: list[str],
     peers: list[str],
     discover: bool,
-    folders: list[Folder] | None = None,
+    folders: FolderWorker | None = None,
     processing: Callable[[asyncio.Event], Coroutine[None, None, None]] | None = None,
 ) -> None:
-    """Run the daemon until SIGINT/SIGTERM (with its watched and mirrored folders)."""
+    """Run the daemon until SIGINT/SIGTERM (with its watched and mirrored folders, whose
+    worker process it starts, restarts if it dies, and stops)."""
     node = Node(replica, relays, peers)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -427,10 +433,8 @@ async def serve_node(
     )
     tasks = [asyncio.create_task(node.dial_forever(link)) for link in list(node.links)]
     tasks.append(asyncio.create_task(node.watch_local()))
-    if folders:
-        from replicas.watching import run_folders
-
-        tasks.append(asyncio.create_task(run_folders(replica, folders, node.stop)))
+    if folders is not None:
+        tasks.append(asyncio.create_task(folders.supervise(node.stop)))
     if processing is not None:
         tasks.append(asyncio.create_task(processing(node.stop)))
     if discover:
@@ -440,6 +444,8 @@ async def serve_node(
     try:
         await node.stop.wait()
     finally:
+        if folders is not None:
+            await asyncio.to_thread(folders.stop)  # it finishes the batch it is writing
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

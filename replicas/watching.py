@@ -9,6 +9,7 @@ directory is rescanned, because files written right after ``mkdir`` can precede 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -22,6 +23,8 @@ log = logging.getLogger("shoal.folders")
 
 DEBOUNCE_MS: Final = 200
 """How long watchfiles gathers changes into one batch (editors write in several steps)."""
+POLL_S: Final = 0.1
+"""How often a mirror looks for file events that another process applied."""
 FILE_TYPES_SQL: Final = "('file.put', 'file.delete', 'doc.update', 'blob.chunk')"
 
 
@@ -97,7 +100,10 @@ async def _follow_vault(
     engine.add_wakeup(wakeup)
     try:
         while not stop.is_set():
-            await wakeup.wait()
+            # Woken by our own engine, or every POLL_S for what other processes on this
+            # home applied (a `shoal serve` beside us, or the daemon we work for).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), POLL_S)
             wakeup.clear()
             await asyncio.sleep(0.05)  # let a burst of events land before writing files
             rows = engine.store.query_all(
@@ -109,7 +115,8 @@ async def _follow_vault(
                 cursor = max(int(row[1]) for row in rows)
             changed = {bytes(row[0]) for row in rows if row[0] is not None}
             for folder in mirrors:
-                docs = changed | folder.incomplete  # a chunk that arrived may complete a file
+                # A chunk that arrived may complete a file that waits for chunks.
+                docs = changed | folder.incomplete if rows else set()
                 if not docs:
                     continue
                 try:

@@ -6,13 +6,14 @@ import hashlib
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.slow.conftest import SHOAL, Procs, scaled, shoal, shoal_json, wait_until
+from tests.slow.conftest import SHOAL, Proc, Procs, scaled, shoal, shoal_json, wait_until
 from tests.slow.test_sync_processes import marker
 
 pytestmark = pytest.mark.slow
@@ -133,3 +134,72 @@ def test_identical_files_are_stored_once_and_big_files_stream(tmp_path: Path) ->
             if not x:
                 break
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def folder_workers(serve: Proc) -> list[int]:
+    """The pids of a daemon's folder worker processes (its children running the worker)."""
+    pid = serve.popen.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            if b"replicas.folder_worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+        except OSError:
+            continue
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_the_folder_worker_restarts_and_never_outlives_its_daemon(
+    procs: Procs, tmp_path: Path
+) -> None:
+    a, b, relay = pair(procs, tmp_path)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    serve_a = procs.serve(a, "--relay", relay, "--watch", str(src))
+    serve_b = procs.serve(b, "--relay", relay, "--mirror", str(dst))
+    wait_until(lambda: len(folder_workers(serve_a)) == 1, 30, "A's folder worker to start")
+    (src / "one.txt").write_text("one\n")
+    wait_until(lambda: tree(dst) == tree(src), 60, "the first file to reach the mirror")
+    # A worker that dies is restarted; its startup scan finds what changed meanwhile.
+    [first] = folder_workers(serve_a)
+    os.kill(first, signal.SIGKILL)
+    (src / "two.txt").write_text("two\n")
+    wait_until(
+        lambda: folder_workers(serve_a) not in ([], [first]), 30, "the worker to be restarted"
+    )
+    wait_until(lambda: tree(dst) == tree(src), 60, "the file written meanwhile to arrive")
+    assert serve_a.alive() and "restarting" in serve_a.output()
+    # kill -9 of a daemon: its worker sees its stdin close and goes too.
+    [worker] = folder_workers(serve_b)
+    serve_b.kill9()
+    wait_until(lambda: not running(worker), 30, "the orphaned worker to exit")
+
+
+def test_a_separate_mirror_command_follows_what_the_daemon_receives(
+    procs: Procs, tmp_path: Path
+) -> None:
+    """`shoal mirror` beside a `shoal serve` of the same home (not `serve --mirror`)."""
+    a, b, relay = pair(procs, tmp_path)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    procs.serve(a, "--relay", relay, "--watch", str(src))
+    procs.serve(b, "--relay", relay)
+    procs.start("mirror-b", "mirror", str(dst), home=b, ready="following")
+    (src / "note.txt").write_text(marker("note") + "\n")
+    (src / "sub").mkdir()
+    (src / "sub" / "data.bin").write_bytes(os.urandom(50_000))
+    wait_until(lambda: tree(dst) == tree(src), 60, "the separate mirror to follow the daemon")

@@ -1,0 +1,144 @@
+"""Watched and mirrored folders in a process of their own, beside ``shoal serve``.
+
+A folder's work is per file and per byte — stat, read, chunk, hash, seal, sign and index on
+the way in; decrypt, write and rename on the way out — and it used to share the daemon's one
+event loop (and so one core) with sync: while a big folder was ingested or mirrored, pushes
+and acknowledgements waited, and a 10,000-file mirror kept its daemon busy for seconds after
+the last event had arrived. ``serve --watch/--mirror`` now starts this worker, which runs the
+same folder loop (``replicas.watching.run_folders``) on the same home: the two processes meet
+only in the database, where the daemon notices the worker's commits within ``POLL_S`` and
+pushes them, and the worker notices the events the daemon applied (``run_folders`` polls
+for other processes' commits too).
+
+The worker ends when the daemon asks (SIGTERM) or disappears (its stdin, a pipe from the
+daemon, reaches end of file), so a ``kill -9`` of the daemon leaves no orphan writing to
+the folder. The daemon restarts a worker that died, with backoff.
+
+    python -m replicas.folder_worker HOME [--watch DIR]... [--mirror DIR]...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Final
+
+log = logging.getLogger("shoal.folders")
+
+RESTART_MIN_S: Final = 1.0
+RESTART_MAX_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 15.0
+
+
+class FolderWorker:
+    """The daemon's handle on its folder worker: start, supervise, stop."""
+
+    def __init__(self, home: Path, watch: list[Path], mirror: list[Path], verbose: bool) -> None:
+        self.args = [sys.executable, "-m", "replicas.folder_worker", str(home)]
+        self.args += [arg for path in watch for arg in ("--watch", str(path))]
+        self.args += [arg for path in mirror for arg in ("--mirror", str(path))]
+        if verbose:
+            self.args.append("--verbose")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> subprocess.Popen[bytes]:
+        self.proc = subprocess.Popen(
+            self.args, stdin=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1")
+        )
+        return self.proc
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart the worker whenever it dies before ``stop`` (1 s, 2 s ... 60 s apart;
+        back to 1 s after a worker that ran for a minute)."""
+        pause = RESTART_MIN_S
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                proc = self.start()
+            except OSError as exc:
+                log.error("cannot start the folder worker: %s", exc)
+                proc = None
+            while proc is not None and proc.poll() is None and not stop.is_set():
+                await asyncio.sleep(0.2)
+            if stop.is_set():
+                return
+            code = None if proc is None else proc.returncode
+            log.warning("folder worker exited with %s; restarting in %.0f s", code, pause)
+            self.restarts += 1
+            if time.monotonic() - started > RESTART_MAX_S:
+                pause = RESTART_MIN_S
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RESTART_MAX_S)
+
+    def stop(self) -> None:
+        """SIGTERM (the worker finishes the batch it is in), then SIGKILL if it lingers."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stdin is not None:
+                proc.stdin.close()
+
+
+async def follow(home: Path, watch: list[Path], mirror: list[Path]) -> None:
+    from replicas.home import Home
+    from replicas.vault import opened
+    from replicas.watching import open_folders, run_folders
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def parent_gone() -> None:
+        if not os.read(sys.stdin.fileno(), 4096):
+            loop.remove_reader(sys.stdin.fileno())
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), parent_gone)
+    with opened(Home(home)) as replica:
+        folders = open_folders(replica, watch, mirror, report)
+        await run_folders(replica, folders, stop)
+
+
+def report(line: str) -> None:
+    print(f"shoal: {line}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eventlog.errors import ShoalError
+
+    p = argparse.ArgumentParser(prog="python -m replicas.folder_worker")
+    p.add_argument("home", type=Path)
+    p.add_argument("--watch", type=Path, action="append", default=[])
+    p.add_argument("--mirror", type=Path, action="append", default=[])
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(  # as the daemon's own log lines
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        asyncio.run(follow(args.home, args.watch, args.mirror))
+    except ShoalError as exc:
+        report(f"error: folders: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
