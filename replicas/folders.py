@@ -19,6 +19,7 @@ a path that would climb out of the folder) is reported in one line and skipped.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import stat
@@ -432,15 +433,18 @@ class Folder:
         ]
         renamed = self._match_renames(gone, fresh, result)
         touched = []
-        with self.store.atomic():
-            for local in present:
-                if local in renamed:
-                    continue
-                put = self.ingest(local, result)
-                if put is not None and put.changed:
-                    touched.append(put.doc_id)
-            for path, seen in gone.items():
-                self._deleted(path, seen, result)
+        todo = [local for local in present if local not in renamed]
+        for start in range(0, max(len(todo), 1), BATCH_FILES):
+            # A commit per batch of files, so that a daemon storing received events on this
+            # home (another process) does not wait for the write lock for a whole big change.
+            with self.store.atomic():
+                for local in todo[start : start + BATCH_FILES]:
+                    put = self.ingest(local, result)
+                    if put is not None and put.changed:
+                        touched.append(put.doc_id)
+                if start == 0:
+                    for path, seen in gone.items():
+                        self._deleted(path, seen, result)
         if self.mirror and touched:  # a text edit merged with others: write the merge back
             result.written += self.materialize(touched)
         return result
@@ -476,22 +480,31 @@ class Folder:
             entries = [e for d in doc_ids if (e := files.file_entry(store, d)) is not None]
         written = 0
         for start in range(0, len(entries), BATCH_FILES):
-            with store.atomic():  # one commit per batch of files, not one per file
-                wrote = 0
-                for entry in entries[start : start + BATCH_FILES]:
-                    try:
-                        if self._materialize_one(entry):
-                            wrote += 1
-                    except ShoalError as exc:
-                        self.report(f"not written {entry.path}: {exc}")
-                    except OSError as exc:
-                        self.report(f"not written {entry.path}: {exc.strerror or exc}")
-                if wrote:
-                    # The files must be on disk before the commit says they are: one sync per
-                    # batch instead of an fsync per file (after a crash, a file the database
-                    # calls written but the disk lost would look like a local edit).
-                    os.sync()
-                written += wrote
+            # Files are written outside any transaction, and what the folder now holds is
+            # recorded afterwards in one short one: a daemon storing received events on this
+            # home (another process, see ``folder_worker``) is never kept waiting for the
+            # write lock while files are written and synced.
+            later: list[Callable[[], None]] = []
+            wrote = 0
+            self.replica.log.refresh()  # documents another process changed are reloaded
+            for entry in entries[start : start + BATCH_FILES]:
+                try:
+                    if self._materialize_one(entry, later):
+                        wrote += 1
+                except ShoalError as exc:
+                    self.report(f"not written {entry.path}: {exc}")
+                except OSError as exc:
+                    self.report(f"not written {entry.path}: {exc.strerror or exc}")
+            if wrote:
+                # The files must be on disk before the database says they are: one sync per
+                # batch instead of an fsync per file (after a crash, a file the database
+                # calls written but the disk lost would look like a local edit).
+                os.sync()
+            if later:
+                with store.atomic():  # one commit per batch of files, not one per file
+                    for record in later:
+                        record()
+            written += wrote
         return written
 
     def _on_disk_unchanged(self, target: Path, seen: Seen | None) -> bool:
@@ -505,7 +518,8 @@ class Folder:
             and (info.st_size, info.st_mtime_ns) == (seen.size, seen.mtime_ns)
         )
 
-    def _materialize_one(self, entry: files.FileEntry) -> bool:
+    def _materialize_one(self, entry: files.FileEntry, later: list[Callable[[], None]]) -> bool:
+        """Write one file if it needs it; what to record about it is appended to ``later``."""
         store = self.store
         self.incomplete.discard(entry.doc_id)
         row = store.query_one(
@@ -513,7 +527,7 @@ class Folder:
         )
         old_path = None if row is None else str(row[0])
         if entry.deleted:
-            return self._remove_deleted(old_path)
+            return self._remove_deleted(old_path, later)
         if files.entry_at_path(store, entry.path) != entry:
             return False  # another document holds this path and wins it everywhere
         target = self.local_path(entry.path)
@@ -523,8 +537,7 @@ class Folder:
             old_target = self.local_path(old_path)
             if old_target is not None and self._on_disk_unchanged(old_target, self._seen(old_path)):
                 old_target.unlink(missing_ok=True)
-            with store.atomic():
-                self._forget(old_path)
+            later.append(functools.partial(self._forget, old_path))
         seen = self._seen(entry.path)
         if target.exists() and not self._on_disk_unchanged(target, seen):
             self.ingest(target, ScanResult())  # a local edit first: merge, never clobber
@@ -545,19 +558,16 @@ class Folder:
             data, base, content_hash = None, None, found.hash or b""
         if seen is not None and seen.content_hash == content_hash and target.exists():
             if seen.base != base:
-                with store.atomic():
-                    seen.base = base
-                    self._remember(entry.path, seen)
+                seen.base = base
+                later.append(functools.partial(self._remember, entry.path, seen))
             return False
         self._write(target, data, found)
         info = target.lstat()
         if len(self._just_written) >= MAX_JUST_WRITTEN:  # echoes the watcher never delivered
             self._just_written.clear()
         self._just_written[target] = (info.st_size, info.st_mtime_ns)
-        with store.atomic():
-            self._remember(
-                entry.path, Seen(entry.doc_id, info.st_size, info.st_mtime_ns, content_hash, base)
-            )
+        seen = Seen(entry.doc_id, info.st_size, info.st_mtime_ns, content_hash, base)
+        later.append(functools.partial(self._remember, entry.path, seen))
         return True
 
     def _write(self, target: Path, data: bytes | None, found: files.FileVersion) -> None:
@@ -577,14 +587,13 @@ class Folder:
         finally:
             temp.unlink(missing_ok=True)
 
-    def _remove_deleted(self, old_path: str | None) -> bool:
+    def _remove_deleted(self, old_path: str | None, later: list[Callable[[], None]]) -> bool:
         if old_path is None:
             return False
         target = self.local_path(old_path)
         if target is not None and self._on_disk_unchanged(target, self._seen(old_path)):
             target.unlink(missing_ok=True)
-            with self.store.atomic():
-                self._forget(old_path)
+            later.append(functools.partial(self._forget, old_path))
             return True
         return False  # changed here since: the local edit wins, the next scan ingests it
 
