@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -68,6 +69,8 @@ class FolderWorker:
                 proc = None
             while proc is not None and proc.poll() is None and not stop.is_set():
                 await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):  # Ctrl-C reaches us both: no restart
+                await asyncio.wait_for(stop.wait(), 0.5)
             if stop.is_set():
                 return
             code = None if proc is None else proc.returncode
