@@ -40,6 +40,8 @@ ZERO32: Final = bytes(32)
 MAX_UINT64: Final = 2**64 - 1
 MAX_KIND: Final = 255
 FIELD_COUNT: Final = 11
+FIELD_TYPES: Final = (int, bytes, bytes, int, bytes, int, int, int, int, bytes, bytes)
+"""The exact Python types of the signed fields, in order, as msgpack decodes them."""
 
 
 class Kind(IntEnum):
@@ -239,16 +241,7 @@ def decode_event(raw: bytes) -> Event:
     # The common case in one expression (this runs for every received event); any failure
     # goes through the per-field checks below for a precise error.
     well_typed = (
-        type(vault) is bytes
-        and type(author) is bytes
-        and type(prev) is bytes
-        and type(nonce) is bytes
-        and type(body) is bytes
-        and type(seq) is int
-        and type(lamport) is int
-        and type(time_ms) is int
-        and type(epoch) is int
-        and type(kind) is int
+        tuple(map(type, fields)) == FIELD_TYPES
         and len(vault) == len(author) == len(prev) == KEY_BYTES
         and len(nonce) <= MAX_NONCE_BYTES
         and 1 <= seq <= MAX_UINT64
@@ -293,25 +286,15 @@ def decode_stored(raw: bytes, event_id: bytes) -> Event:
     """
     try:
         signed, sig = msgpack.unpackb(raw, use_list=False)
-        v, vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, body = msgpack.unpackb(
-            signed, use_list=False
-        )
+        fields = msgpack.unpackb(signed, use_list=False)
     except Exception:  # msgpack raises several unrelated types for damaged input
         return decode_event(raw)
     if (
-        type(sig) is bytes
-        and type(vault) is bytes
-        and type(author) is bytes
-        and type(prev) is bytes
-        and type(nonce) is bytes
-        and type(body) is bytes
-        and type(seq) is int
-        and type(lamport) is int
-        and type(time_ms) is int
-        and type(epoch) is int
-        and type(kind) is int
-        and type(v) is int
+        type(sig) is not bytes
+        or type(fields) is not tuple
+        or tuple(map(type, fields)) != FIELD_TYPES
     ):
-        header = Header(vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, v)
-        return Event(header, body, signed, sig, event_id, raw)
-    return decode_event(raw)
+        return decode_event(raw)
+    v, vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, body = fields
+    header = Header(vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, v)
+    return Event(header, body, signed, sig, event_id, raw)

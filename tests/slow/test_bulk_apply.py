@@ -160,30 +160,30 @@ def test_concurrent_appliers_and_local_writes_apply_every_event_once(tmp_path: P
         assert f"[local {i}]" in shoal(tmp_path / "b", "cat", docs[i % DOCS]).stdout
 
 
-def test_the_helper_is_only_an_accelerator(tmp_path: Path) -> None:
-    """Events stored and left unapplied (a sync and its helper both killed) are applied by
-    the next process that opens the home."""
+def stored_unapplied(tmp_path: Path, notes: int, edits: int) -> Replica:
+    """Home B holding all of a fresh A's events, stored without being applied (what a bulk
+    sync leaves for its helper); what B held already is a duplicate, a no-op."""
     a = init_vault(Home(tmp_path / "a"), "a")
     b = add_replica(a, tmp_path / "b", "b")
-    write_vault(a, notes=500, edits=20)
+    write_vault(a, notes=notes, edits=edits)
     raws = all_raw(a)
     a.close()
     with b.store.atomic():
-        b.log.accept_batch(raws)  # what B holds already is a duplicate: a no-op
-    b.close()
+        b.log.accept_batch(raws)
+    return b
+
+
+def test_the_helper_is_only_an_accelerator(tmp_path: Path) -> None:
+    """Events stored and left unapplied (a sync and its helper both killed) are applied by
+    the next process that opens the home."""
+    stored_unapplied(tmp_path, notes=500, edits=20).close()
     assert derived(tmp_path / "b")["indexed"] < count(db(tmp_path / "b"))
     assert shoal_json(tmp_path / "b", "status")["events"] == count(db(tmp_path / "b"))
     assert_applied_once(tmp_path / "b", tmp_path)
 
 
 def test_settle_applies_what_the_helper_left(tmp_path: Path) -> None:
-    a = init_vault(Home(tmp_path / "a"), "a")
-    b = add_replica(a, tmp_path / "b", "b")
-    write_vault(a, notes=300, edits=10)
-    raws = all_raw(a)
-    a.close()
-    with b.store.atomic():
-        b.log.accept_batch(raws)
+    b = stored_unapplied(tmp_path, notes=300, edits=10)
     engine: Engine = b.engine
     assert engine.applied_upto() < b.store.last_rowid()
     assert engine.settle(roster_changed=False, revoked_changed=False) > 0

@@ -161,13 +161,19 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_the_folder_worker_restarts_and_never_outlives_its_daemon(
-    procs: Procs, tmp_path: Path
-) -> None:
+def folders_pair(procs: Procs, tmp_path: Path) -> tuple[Path, Path, str, Path, Path]:
+    """``pair``, and an empty folder for each side."""
     a, b, relay = pair(procs, tmp_path)
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     dst.mkdir()
+    return a, b, relay, src, dst
+
+
+def test_the_folder_worker_restarts_and_never_outlives_its_daemon(
+    procs: Procs, tmp_path: Path
+) -> None:
+    a, b, relay, src, dst = folders_pair(procs, tmp_path)
     serve_a = procs.serve(a, "--relay", relay, "--watch", str(src))
     serve_b = procs.serve(b, "--relay", relay, "--mirror", str(dst))
     wait_until(lambda: len(folder_workers(serve_a)) == 1, 30, "A's folder worker to start")
@@ -192,10 +198,7 @@ def test_a_separate_mirror_command_follows_what_the_daemon_receives(
     procs: Procs, tmp_path: Path
 ) -> None:
     """`shoal mirror` beside a `shoal serve` of the same home (not `serve --mirror`)."""
-    a, b, relay = pair(procs, tmp_path)
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    dst.mkdir()
+    a, b, relay, src, dst = folders_pair(procs, tmp_path)
     procs.serve(a, "--relay", relay, "--watch", str(src))
     procs.serve(b, "--relay", relay)
     procs.start("mirror-b", "mirror", str(dst), home=b, ready="following")
