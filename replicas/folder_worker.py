@@ -48,7 +48,6 @@ class FolderWorker:
         if verbose:
             self.args.append("--verbose")
         self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     def start(self) -> subprocess.Popen[bytes]:
         self.proc = subprocess.Popen(
@@ -75,7 +74,6 @@ class FolderWorker:
                 return
             code = None if proc is None else proc.returncode
             log.warning("folder worker exited with %s; restarting in %.0f s", code, pause)
-            self.restarts += 1
             if time.monotonic() - started > RESTART_MAX_S:
                 pause = RESTART_MIN_S
             await asyncio.sleep(pause)
