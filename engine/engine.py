@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 
 from engine import documents, files
 from engine.documents import DOC_ID_BYTES, LiveDoc
-from eventlog.accept import Accepted, Log, Outcome, Status, now_ms, public_payload
+from eventlog.accept import Accepted, Log, Outcome, now_ms, public_payload
 from eventlog.crypto import KxKey, SigningKey, random_key, wrap_key
 from eventlog.envelope import Event, Kind, decode_event, decode_stored
 from eventlog.errors import (
@@ -284,14 +284,14 @@ class Engine:
                 self.keyring.add(removal.epoch, keys[removal.epoch])
         return keys
 
-    def _roster_changed(self, outcome: Outcome) -> None:
+    def _roster_changed(self, roster_changed: bool, revoked_changed: bool) -> None:
         """After a membership event: take the new epoch keys meant for us; drop what the
         roster now revokes (derived state is rebuilt from the events that stand)."""
-        if outcome.revoked_changed:
+        if revoked_changed:
             self.flush()
             self.rebuild()
         kx = self.kx
-        if outcome.roster_changed and kx is not None and self._unwrap_rotations(kx, self.me):
+        if roster_changed and kx is not None and self._unwrap_rotations(kx, self.me):
             self._keys_learnt()
             self._reapply_unopened()
 
@@ -348,7 +348,7 @@ class Engine:
             self._apply(ours, payload, echo)
             for accepted in unblocked:
                 self._apply(accepted, None, None)
-        self._roster_changed(outcome)
+        self._roster_changed(outcome.roster_changed, outcome.revoked_changed)
         return ours
 
     def append_record(self, payload: Payload) -> Accepted:
@@ -406,7 +406,7 @@ class Engine:
             outcome = self.log.accept(raw)
             for accepted in outcome.accepted:
                 self._apply(accepted, None, None)
-        self._roster_changed(outcome)
+        self._roster_changed(outcome.roster_changed, outcome.revoked_changed)
         self._notify()
         return outcome
 
@@ -421,7 +421,7 @@ class Engine:
             outcome = self.log.accept_batch(raws)
             for accepted in outcome.accepted:
                 self._apply(accepted, None, None)
-        self._roster_changed(outcome)
+        self._roster_changed(outcome.roster_changed, outcome.revoked_changed)
         self._notify()
         return outcome
 
@@ -467,10 +467,7 @@ class Engine:
         """After events were stored without the engine (``Log.accept_batch`` directly):
         apply what is not applied yet, then what their membership events mean for us."""
         applied = self.catch_up()
-        changes = Outcome(
-            Status.ACCEPTED, b"", roster_changed=roster_changed, revoked_changed=revoked_changed
-        )
-        self._roster_changed(changes)
+        self._roster_changed(roster_changed, revoked_changed)
         self._notify()
         return applied
 
