@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from eventlog.errors import ShoalError
+from replicas.children import spawn_tied
 from replicas.home import Home
 from replicas.vault import open_replica
 
@@ -54,14 +55,8 @@ class ApplyHelper:
     def start(self) -> None:
         if self.proc is not None:
             return
-        env = dict(os.environ, OMP_NUM_THREADS="1")
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "replicas.apply_helper", str(self.home)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                env=env,
-            )
+            self.proc = spawn_tied("replicas.apply_helper", str(self.home), quiet=True)
         except OSError as exc:  # no helper: the sync applies everything at the end instead
             log.warning("cannot start the apply helper: %s", exc)
 

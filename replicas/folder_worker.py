@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from replicas.children import spawn_tied
+
 log = logging.getLogger("shoal.folders")
 
 RESTART_MIN_S: Final = 1.0
@@ -42,7 +44,7 @@ class FolderWorker:
     """The daemon's handle on its folder worker: start, supervise, stop."""
 
     def __init__(self, home: Path, watch: list[Path], mirror: list[Path], verbose: bool) -> None:
-        self.args = [sys.executable, "-m", "replicas.folder_worker", str(home)]
+        self.args = [str(home)]
         self.args += [arg for path in watch for arg in ("--watch", str(path))]
         self.args += [arg for path in mirror for arg in ("--mirror", str(path))]
         if verbose:
@@ -50,9 +52,7 @@ class FolderWorker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> subprocess.Popen[bytes]:
-        self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1")
-        )
+        self.proc = spawn_tied("replicas.folder_worker", *self.args)
         return self.proc
 
     async def supervise(self, stop: asyncio.Event) -> None:
