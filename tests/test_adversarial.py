@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -55,9 +57,10 @@ from replicas.relay import Relay, RelayPort, RelayVault
 from replicas.vault import Replica, init_vault, open_replica
 from tests.conftest import add_replica, all_raw
 from tests.test_session import Wire, bulk, documents, refusal, session, tampered, vv
+from transport import ws as ws_module
 from transport.messages import MAX_FRAME_BYTES, CloseCode, ProtocolError, decode
 from transport.session import Session
-from transport.ws import SYNC_PATH, drive, server_socket
+from transport.ws import SYNC_PATH, Ending, connect, drive, server_socket, sync_url
 
 SHOAL = str(Path(sys.executable).parent / "shoal")
 TEN_YEARS_MS: Final = 10 * 365 * 24 * 3600 * 1000
@@ -361,6 +364,62 @@ async def _sync_through(
     finally:
         await runner.cleanup()
     return None, connections
+
+
+def test_a_peer_that_stops_reading_while_we_send_is_closed_as_stalled(
+    trio: list[Replica], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay half-closes its socket and reads nothing more while the replica has
+    megabytes to push (what a TCP proxy that only shuts a dead upstream's client socket
+    down does). The replica's send waits on a full socket buffer, where neither the
+    session's ack timeout nor the reader notices anything: the send's own bound must end the
+    connection with TIMEOUT (``SEND_TIMEOUT_S``, 1 s here)."""
+    monkeypatch.setattr(ws_module, "SEND_TIMEOUT_S", 1.0)
+    a = trio[0]
+    relay, vault = in_process_relay(tmp_path, a)
+    for i in range(40):
+        a.engine.append_record({"t": "test.bulk", "n": i, "blob": os.urandom(200_000)})
+    vanished = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = server_socket()
+        await ws.prepare(request)
+        relay_side = relay_session(RelayPort(vault), relay)
+        for frame in relay_side.start():
+            await ws.send_bytes(frame)
+        while relay_side.stats.events_stored == 0:
+            message = await ws.receive()
+            for frame in relay_side.receive(message.data):
+                await ws.send_bytes(frame)
+        transport = request.transport
+        assert transport is not None
+        transport.pause_reading()
+        fd = os.dup(transport.get_extra_info("socket").fileno())
+        with socket.socket(fileno=fd) as raw:
+            raw.shutdown(socket.SHUT_RDWR)
+            vanished.set()
+            await asyncio.sleep(30)  # keeps the descriptor: no RST for what the replica sends
+        return ws
+
+    async def push() -> Ending:
+        app = web.Application()
+        app.router.add_get(SYNC_PATH, handle)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            async with aiohttp.ClientSession() as http:
+                ws = await connect(http, sync_url(f"http://127.0.0.1:{port}", a.log.vault_id))
+                return await asyncio.wait_for(drive(ws, session(a, True)), 15)
+        finally:
+            await runner.cleanup()
+
+    ending = asyncio.run(push())
+    assert vanished.is_set()
+    assert ending.code == CloseCode.TIMEOUT and not ending.by_peer, ending
+    assert 0 < vault.log.store.event_count() < a.store.event_count()
 
 
 def test_a_rolled_back_relay_never_rolls_a_replica_back(

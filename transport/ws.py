@@ -20,13 +20,16 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from transport.messages import MAX_FRAME_BYTES, CloseCode, ProtocolError
-from transport.session import Session
+from transport.session import ACK_TIMEOUT_S, Session
 
 log = logging.getLogger("shoal.transport")
 
 SYNC_PATH: Final = "/v1/vaults/{vault}/sync"
 HEARTBEAT_S: Final = 20.0
 TICK_S: Final = 1.0
+SEND_TIMEOUT_S: Final = ACK_TIMEOUT_S
+"""A frame the peer's socket has not taken in this long: the peer stalls (code TIMEOUT)."""
+CLOSE_TIMEOUT_S: Final = 5.0
 MAX_INBOX: Final = 16
 """Frames read ahead of the session at most (then the socket is left unread)."""
 _LAST_MESSAGES: Final = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
@@ -71,9 +74,12 @@ async def drive(
         by_peer = exc.reason.startswith("peer closed")
         (log.info if by_peer else log.warning)("connection to %s ends: %s", _peer(session), exc)
         if not ws.closed:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_bytes(session.error_frame(exc.code, exc.reason))
-            await ws.close(code=int(exc.code), message=exc.reason[:120].encode())
+            # A peer that stopped reading takes neither of these: give up on them in time.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_bytes(session.error_frame(exc.code, exc.reason))
+                    await ws.close(code=int(exc.code), message=exc.reason[:120].encode())
         return Ending(int(exc.code), exc.reason, by_peer=by_peer)
     except (ConnectionError, aiohttp.ClientError) as exc:
         return Ending(int(CloseCode.GOING_AWAY), f"connection lost: {exc}", by_peer=True)
@@ -109,14 +115,21 @@ async def _loop(
 
     async def send(frames: list[bytes]) -> None:
         """Send, but on a lost connection keep reading: the frames the peer sent before it
-        closed (an ERROR saying why, say) are still in the inbox and tell the real story."""
+        closed (an ERROR saying why, say) are still in the inbox and tell the real story.
+
+        A send waits while the peer's socket takes nothing; the session's ack timeout cannot
+        run meanwhile, so the wait has a bound of its own (``SEND_TIMEOUT_S``).
+        """
         for frame in frames:
             if lost:
                 return
             try:
-                await ws.send_bytes(frame)
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await ws.send_bytes(frame)
             except ConnectionError as exc:
                 lost.append(exc)
+            except TimeoutError:
+                raise ProtocolError(CloseCode.TIMEOUT, "peer stopped reading") from None
 
     tick()
     reader = asyncio.ensure_future(_read(ws, inbox, wake, room))

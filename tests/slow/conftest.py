@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -293,9 +294,17 @@ class ThrottledProxy:
         except OSError:
             pass
         finally:
+            # Shutting both down wakes the other direction's thread, which closes its own
+            # source: each socket is closed once, by the thread that reads it. Closed with a
+            # reset, as a crashed relay's kernel answers data it will never read. A socket
+            # that is only shut down (or closed after it advertised a zero window) leaves
+            # the sender probing a full buffer until TCP gives up a minute later.
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                src.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            src.close()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
