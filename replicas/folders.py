@@ -24,7 +24,7 @@ import os
 import secrets
 import stat
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -87,6 +87,22 @@ class ScanResult:
     written: int = 0
     new_bytes: int = 0
     problems: list[str] = field(default_factory=list)
+
+
+def batches(
+    found: list[tuple[Path, os.stat_result]],
+) -> Iterator[list[tuple[Path, os.stat_result]]]:
+    """Files in commit-sized groups: ``BATCH_FILES`` files or ``BATCH_BYTES`` bytes each."""
+    batch: list[tuple[Path, os.stat_result]] = []
+    size = 0
+    for item in found:
+        batch.append(item)
+        size += item[1].st_size
+        if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _ignore_spec(root: Path) -> PathSpec:  # type: ignore[type-arg]
@@ -308,22 +324,14 @@ class Folder:
                 if path not in known:
                     fresh.append((local, info))
         renames = self._match_renames(gone, fresh, result)
-        batch_files = batch_bytes = 0
         store = self.store
-        pending = list(present)
-        while pending:
+        for batch in batches([item for item in present if item[0] not in renames]):
             with store.atomic():
-                while pending and batch_files < BATCH_FILES and batch_bytes < BATCH_BYTES:
-                    local, info = pending.pop(0)
-                    if local in renames:
-                        continue
+                for local, info in batch:
                     self.ingest(local, result)
-                    batch_files += 1
-                    batch_bytes += info.st_size
                     done += info.st_size
                     if progress:
                         progress(done, total)
-            batch_files = batch_bytes = 0
         with store.atomic():
             for path, seen in gone.items():
                 self._deleted(path, seen, result)
