@@ -106,31 +106,14 @@ async def _loop(
     loop = asyncio.get_running_loop()
 
     timer: list[asyncio.TimerHandle] = []
+    sender = _Sender(ws, loop)
 
     def tick() -> None:
         wake.set()
+        sender.check_stall()
         timer[:] = [loop.call_later(TICK_S, tick)]
 
-    lost: list[ConnectionError] = []
-
-    async def send(frames: list[bytes]) -> None:
-        """Send, but on a lost connection keep reading: the frames the peer sent before it
-        closed (an ERROR saying why, say) are still in the inbox and tell the real story.
-
-        A send waits while the peer's socket takes nothing; the session's ack timeout cannot
-        run meanwhile, so the wait has a bound of its own (``SEND_TIMEOUT_S``).
-        """
-        for frame in frames:
-            if lost:
-                return
-            try:
-                async with asyncio.timeout(SEND_TIMEOUT_S):
-                    await ws.send_bytes(frame)
-            except ConnectionError as exc:
-                lost.append(exc)
-            except TimeoutError:
-                raise ProtocolError(CloseCode.TIMEOUT, "peer stopped reading") from None
-
+    lost, send = sender.lost, sender.send
     tick()
     reader = asyncio.ensure_future(_read(ws, inbox, wake, room))
     try:
@@ -161,6 +144,48 @@ async def _loop(
     finally:
         timer[0].cancel()
         reader.cancel()
+
+
+class _Sender:
+    """Sends frames for one connection's loop, and bounds how long one send may wait.
+
+    A send waits while the peer's socket takes nothing; the session's ack timeout cannot run
+    meanwhile, so a stalled send ends the connection with TIMEOUT after ``SEND_TIMEOUT_S``.
+    That is checked by the loop's once-a-second tick (``check_stall``): a timeout armed per
+    frame cost a busy relay ~7 % of its time.
+    """
+
+    def __init__(self, ws: WebSocket, loop: asyncio.AbstractEventLoop) -> None:
+        self.ws, self.loop = ws, loop
+        self.task = asyncio.current_task()
+        self.lost: list[ConnectionError] = []
+        self.since: float | None = None  # when the send in progress began
+        self.stalled = False
+
+    async def send(self, frames: list[bytes]) -> None:
+        """Send, but on a lost connection keep reading: the frames the peer sent before it
+        closed (an ERROR saying why, say) are still in the inbox and tell the real story."""
+        for frame in frames:
+            if self.lost:
+                return
+            self.since = self.loop.time()
+            try:
+                await self.ws.send_bytes(frame)
+            except ConnectionError as exc:
+                self.lost.append(exc)
+            except asyncio.CancelledError:
+                if not self.stalled or self.task is None:
+                    raise
+                self.task.uncancel()
+                raise ProtocolError(CloseCode.TIMEOUT, "peer stopped reading") from None
+            finally:
+                self.since = None
+
+    def check_stall(self) -> None:
+        waited = 0.0 if self.since is None else self.loop.time() - self.since
+        if waited > SEND_TIMEOUT_S and self.task is not None and not self.stalled:
+            self.stalled = True
+            self.task.cancel()
 
 
 def _ending(ws: WebSocket, message: aiohttp.WSMessage) -> Ending:
