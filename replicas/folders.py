@@ -19,6 +19,7 @@ a path that would climb out of the folder) is reported in one line and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
@@ -63,6 +64,9 @@ MAX_NAME_BYTES: Final = 255
 BATCH_FILES: Final = 500
 MAX_JUST_WRITTEN: Final = 100_000
 BATCH_BYTES: Final = 64 * 1024 * 1024
+STREAM_BYTES: Final = 8 * 1024 * 1024
+"""A file this big is ingested outside any batch transaction: its chunks commit (and travel)
+as they are cut."""
 
 Report = Callable[[str], None]
 
@@ -92,10 +96,17 @@ class ScanResult:
 def batches(
     found: list[tuple[Path, os.stat_result]],
 ) -> Iterator[list[tuple[Path, os.stat_result]]]:
-    """Files in commit-sized groups: ``BATCH_FILES`` files or ``BATCH_BYTES`` bytes each."""
+    """Files in commit-sized groups of ``BATCH_FILES`` files or ``BATCH_BYTES`` bytes; a file
+    of ``STREAM_BYTES`` or more is a group of its own (see ``Folder.ingest_all``)."""
     batch: list[tuple[Path, os.stat_result]] = []
     size = 0
     for item in found:
+        if item[1].st_size >= STREAM_BYTES:
+            if batch:
+                yield batch
+                batch, size = [], 0
+            yield [item]
+            continue
         batch.append(item)
         size += item[1].st_size
         if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
@@ -294,10 +305,13 @@ class Folder:
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             self._problem(result, f"skipped {local}: it changed while being read (next pass)")
             return None
-        self._remember(
-            path,
-            Seen(put.doc_id, after.st_size, after.st_mtime_ns, put.content_hash, put.base_state),
-        )
+        with self.store.atomic():  # the batch's transaction; its own for a file ingested alone
+            self._remember(
+                path,
+                Seen(
+                    put.doc_id, after.st_size, after.st_mtime_ns, put.content_hash, put.base_state
+                ),
+            )
         if put.changed:
             if seen is None:
                 result.added += 1
@@ -308,13 +322,40 @@ class Folder:
             result.unchanged += 1
         return put
 
+    def ingest_all(
+        self,
+        found: list[tuple[Path, os.stat_result]],
+        result: ScanResult,
+        progress: Callable[[int, int], None] | None = None,
+        total: int = 0,
+    ) -> list[Put]:
+        """Ingest files with one commit per batch (``batches``), so that a daemon storing
+        received events on this home (another process) never waits for the write lock for a
+        whole big change.
+
+        A file of ``STREAM_BYTES`` or more is ingested outside any transaction: each of its
+        chunk events commits as it is cut, so the daemon sends the start of a big file while
+        the rest is still being read, instead of the whole file after it.
+        """
+        puts, done = [], 0
+        for batch in batches(found):
+            alone = len(batch) == 1 and batch[0][1].st_size >= STREAM_BYTES
+            with contextlib.nullcontext() if alone else self.store.atomic():
+                for local, info in batch:
+                    put = self.ingest(local, result)
+                    if put is not None:
+                        puts.append(put)
+                    done += info.st_size
+                    if progress:
+                        progress(done, total)
+        return puts
+
     def scan(self, progress: Callable[[int, int], None] | None = None) -> ScanResult:
         """Reconcile the whole folder with the vault (at start, and for new directories)."""
         result = ScanResult()
         known = self._all_seen()
         present = list(self.walk())
         total = sum(info.st_size for _, info in present)
-        done = 0
         gone = dict(known)
         fresh: list[tuple[Path, os.stat_result]] = []
         for local, info in present:
@@ -325,13 +366,8 @@ class Folder:
                     fresh.append((local, info))
         renames = self._match_renames(gone, fresh, result)
         store = self.store
-        for batch in batches([item for item in present if item[0] not in renames]):
-            with store.atomic():
-                for local, info in batch:
-                    self.ingest(local, result)
-                    done += info.st_size
-                    if progress:
-                        progress(done, total)
+        found = [item for item in present if item[0] not in renames]
+        self.ingest_all(found, result, progress, total)
         with store.atomic():
             for path, seen in gone.items():
                 self._deleted(path, seen, result)
@@ -440,19 +476,12 @@ class Folder:
             if (path := self.vault_path(local)) is not None and self._seen(path) is None
         ]
         renamed = self._match_renames(gone, fresh, result)
-        touched = []
-        todo = [local for local in present if local not in renamed]
-        for start in range(0, max(len(todo), 1), BATCH_FILES):
-            # A commit per batch of files, so that a daemon storing received events on this
-            # home (another process) does not wait for the write lock for a whole big change.
+        todo = [(local, info) for local, info in present.items() if local not in renamed]
+        touched = [put.doc_id for put in self.ingest_all(todo, result) if put.changed]
+        if gone:
             with self.store.atomic():
-                for local in todo[start : start + BATCH_FILES]:
-                    put = self.ingest(local, result)
-                    if put is not None and put.changed:
-                        touched.append(put.doc_id)
-                if start == 0:
-                    for path, seen in gone.items():
-                        self._deleted(path, seen, result)
+                for path, seen in gone.items():
+                    self._deleted(path, seen, result)
         if self.mirror and touched:  # a text edit merged with others: write the merge back
             result.written += self.materialize(touched)
         return result

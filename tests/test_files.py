@@ -17,7 +17,7 @@ from engine.blobs import CHUNK_MAX, CHUNK_MIN, cut
 from engine.ingest import FileWriter
 from eventlog.errors import NotFoundError
 from replicas.filesout import content, resolve_file
-from replicas.folders import Folder, ScanResult
+from replicas.folders import STREAM_BYTES, Folder, ScanResult
 from replicas.inspect import status
 from replicas.vault import Replica
 from tests.conftest import all_raw
@@ -70,6 +70,39 @@ def test_add_list_get_byte_exact_and_dedup(trio: list[Replica], tmp_path: Path) 
     exchange(a, b)
     assert current(b, "copy.bin") == big
     assert current(b, "note.md") == b"# Title\n\nhello\n"
+
+
+def test_a_big_files_chunks_commit_as_they_are_cut(trio: list[Replica], tmp_path: Path) -> None:
+    """A file of STREAM_BYTES or more is not held in its batch's transaction: each chunk
+    commits on its own, so a daemon on the home can send them while the rest is read; small
+    files still share one commit."""
+    a = trio[0]
+    src, _ = folder(a, tmp_path / "src")
+    big = noise(STREAM_BYTES + CHUNK_MAX, 7)
+    (src.root / "big.bin").write_bytes(big)
+    for i in range(3):
+        (src.root / f"small{i}.bin").write_bytes(noise(1000, i))
+    commits: list[tuple[int, int]] = []
+
+    def counted() -> None:
+        rows = a.store.query_all(
+            "SELECT type, count(*) FROM event_index WHERE type IN ('blob.chunk', 'file.put')"
+            " GROUP BY type"
+        )
+        found = {str(kind): int(n) for kind, n in rows}
+        commits.append((found.get("blob.chunk", 0), found.get("file.put", 0)))
+
+    a.store.pre_commit_hooks.append(counted)
+    result = src.scan()
+    a.store.pre_commit_hooks.remove(counted)
+    assert (result.added, result.problems) == (4, [])
+    chunks = a.store.query_one("SELECT count(*) FROM event_index WHERE type = 'blob.chunk'")
+    assert chunks is not None and chunks[0] >= 2
+    before = [(0, 0), *commits[:-1]]
+    steps = [(c - c0, p - p0) for (c0, p0), (c, p) in zip(before, commits, strict=True)]
+    assert steps.count((1, 0)) >= chunks[0] - 1, steps  # a chunk a commit, before its put
+    assert (0, 3) in steps, steps  # the three small files: one commit
+    assert current(a, "big.bin") == big
 
 
 def test_versions_tombstones_renames_and_get_at(trio: list[Replica], tmp_path: Path) -> None:
