@@ -591,10 +591,10 @@ def add(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
 
                 result = folder.scan(advance)
             else:
-                folder = Folder(replica, path.resolve().parent, report=_report)
+                local = path.resolve()
+                folder = Folder(replica, local.parent, report=_report)
                 result = ScanResult()
-                with replica.store.atomic():
-                    folder.ingest(path.resolve(), result)
+                folder.ingest_all([(local, local.lstat())], result)
             for name in (
                 "added",
                 "changed",
