@@ -219,6 +219,17 @@ class Folder:
             self.report(f"skipped {local}: {exc}")
             return None
 
+    def vault_paths(self, found: list[Path], result: ScanResult) -> dict[Path, str]:
+        """Each file's vault path, worked out (and a bad name reported and counted) once."""
+        paths = {}
+        for local in found:
+            path = self.vault_path(local)
+            if path is None:
+                result.skipped += 1
+            else:
+                paths[local] = path
+        return paths
+
     def local_path(self, path: str) -> Path | None:
         """Where a vault path lives in this folder; None (reported) if it cannot live here."""
         try:
@@ -268,9 +279,12 @@ class Folder:
 
     # --- disk -> vault ------------------------------------------------------------------------
 
-    def ingest(self, local: Path, result: ScanResult) -> Put | None:
-        """Bring one file's current content into the vault if it changed since last seen."""
-        path = self.vault_path(local)
+    def ingest(self, local: Path, result: ScanResult, path: str | None = None) -> Put | None:
+        """Bring one file's current content into the vault if it changed since last seen.
+
+        ``path``: its vault path, if the caller has it (``vault_paths``).
+        """
+        path = path or self.vault_path(local)
         if path is None:
             result.skipped += 1
             return None
@@ -331,6 +345,7 @@ class Folder:
         result: ScanResult,
         progress: Callable[[int, int], None] | None = None,
         total: int = 0,
+        paths: dict[Path, str] | None = None,
     ) -> list[Put]:
         """Ingest files with one commit per batch (``batches``), so that a daemon storing
         received events on this home (another process) never waits for the write lock for a
@@ -345,7 +360,7 @@ class Folder:
             alone = len(batch) == 1 and batch[0][1].st_size >= STREAM_BYTES
             with contextlib.nullcontext() if alone else self.store.atomic():
                 for local, info in batch:
-                    put = self.ingest(local, result)
+                    put = self.ingest(local, result, paths.get(local) if paths else None)
                     if put is not None:
                         puts.append(put)
                     done += info.st_size
@@ -358,19 +373,19 @@ class Folder:
         result = ScanResult()
         known = self._all_seen()
         present = list(self.walk())
-        total = sum(info.st_size for _, info in present)
+        paths = self.vault_paths([local for local, _ in present], result)
         gone = dict(known)
         fresh: list[tuple[Path, os.stat_result]] = []
         for local, info in present:
-            path = self.vault_path(local)
-            if path is not None:
+            if (path := paths.get(local)) is not None:
                 gone.pop(path, None)
                 if path not in known:
                     fresh.append((local, info))
         renames = self._match_renames(gone, fresh, result)
         store = self.store
-        found = [item for item in present if item[0] not in renames]
-        self.ingest_all(found, result, progress, total)
+        found = [item for item in present if item[0] in paths and item[0] not in renames]
+        total = sum(info.st_size for _, info in found)
+        self.ingest_all(found, result, progress, total, paths)
         with store.atomic():
             for path, seen in gone.items():
                 self._deleted(path, seen, result)
@@ -469,18 +484,22 @@ class Folder:
                 if self._just_written.pop(local, None) == (info.st_size, info.st_mtime_ns):
                     continue  # the echo of our own mirror write, unchanged since
                 present[local] = info
-        for local in present:
-            path = self.vault_path(local)
-            if path is not None:
-                gone.pop(path, None)
+        paths = self.vault_paths(list(present), result)
+        for known_path in paths.values():
+            gone.pop(known_path, None)
         fresh = [
             (local, info)
             for local, info in present.items()
-            if (path := self.vault_path(local)) is not None and self._seen(path) is None
+            if local in paths and self._seen(paths[local]) is None
         ]
         renamed = self._match_renames(gone, fresh, result)
-        todo = [(local, info) for local, info in present.items() if local not in renamed]
-        touched = [put.doc_id for put in self.ingest_all(todo, result) if put.changed]
+        todo = [
+            (local, info)
+            for local, info in present.items()
+            if local in paths and local not in renamed
+        ]
+        puts = self.ingest_all(todo, result, paths=paths)
+        touched = [put.doc_id for put in puts if put.changed]
         if gone:
             with self.store.atomic():
                 for path, seen in gone.items():
