@@ -98,25 +98,26 @@ class ScanResult:
 
 def batches(
     found: list[tuple[Path, os.stat_result]],
-) -> Iterator[list[tuple[Path, os.stat_result]]]:
-    """Files in commit-sized groups of ``BATCH_FILES`` files or ``BATCH_BYTES`` bytes; a file
-    of ``STREAM_BYTES`` or more is a group of its own (see ``Folder.ingest_all``)."""
+) -> Iterator[tuple[list[tuple[Path, os.stat_result]], bool]]:
+    """Files in commit-sized groups of ``BATCH_FILES`` files or ``BATCH_BYTES`` bytes, each
+    with whether it is one transaction: a file of ``STREAM_BYTES`` or more comes alone and
+    outside any (see ``Folder.ingest_all``)."""
     batch: list[tuple[Path, os.stat_result]] = []
     size = 0
     for item in found:
         if item[1].st_size >= STREAM_BYTES:
             if batch:
-                yield batch
+                yield batch, True
                 batch, size = [], 0
-            yield [item]
+            yield [item], False
             continue
         batch.append(item)
         size += item[1].st_size
         if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
-            yield batch
+            yield batch, True
             batch, size = [], 0
     if batch:
-        yield batch
+        yield batch, True
 
 
 def _ignore_spec(root: Path) -> PathSpec:  # type: ignore[type-arg]
@@ -356,9 +357,8 @@ class Folder:
         the rest is still being read, instead of the whole file after it.
         """
         puts, done = [], 0
-        for batch in batches(found):
-            alone = len(batch) == 1 and batch[0][1].st_size >= STREAM_BYTES
-            with contextlib.nullcontext() if alone else self.store.atomic():
+        for batch, together in batches(found):
+            with self.store.atomic() if together else contextlib.nullcontext():
                 for local, info in batch:
                     put = self.ingest(local, result, paths.get(local) if paths else None)
                     if put is not None:
