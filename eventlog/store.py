@@ -192,7 +192,11 @@ class Store:
             self._begin()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot begin a transaction: {exc}") from exc
-        self.poll_external_change()
+        try:
+            self.poll_external_change()  # its hooks reload caches, and may fail
+        except BaseException as exc:
+            self._roll_back(exc)  # or the next atomic() would meet a stray open BEGIN
+            raise
         self._depth = 1
 
     def _commit(self) -> None:

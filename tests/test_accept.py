@@ -302,3 +302,32 @@ def test_a_lock_held_past_the_busy_timeout_is_a_typed_error(tmp_path, monkeypatc
     finally:
         other.close()
         store.close()
+
+
+def test_a_failing_external_change_hook_leaves_no_transaction_open(tmp_path) -> None:
+    """Another process's commit makes the next transaction run the reload hooks; one that
+    fails must undo that transaction's BEGIN, or every later ``atomic()`` would fail."""
+    store = Store.open(tmp_path / "v.db", create=True)
+    other = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+    failing = [True]
+
+    def reload() -> None:
+        if failing[0]:
+            raise StorageError("reload failed")
+
+    store.external_change_hooks.append(reload)
+    try:
+        store.poll_external_change()  # learn the current data version
+        other.execute("INSERT INTO vault VALUES ('theirs', x'01')")
+        with pytest.raises(StorageError, match="reload failed"), store.atomic():
+            store.conn.execute("INSERT INTO vault VALUES ('lost', x'02')")
+        assert not store.conn.in_transaction
+        failing[0] = False
+        other.execute("INSERT INTO vault VALUES ('again', x'03')")
+        with store.atomic():
+            store.conn.execute("INSERT INTO vault VALUES ('mine', x'04')")
+        assert store.get_fact("mine") == b"\x04"
+        assert store.get_fact("lost") is None
+    finally:
+        other.close()
+        store.close()
