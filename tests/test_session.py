@@ -39,6 +39,8 @@ from transport.messages import (
     encode,
 )
 from transport.session import (
+    ACK_DELAY_S,
+    ACK_EVERY,
     ACK_TIMEOUT_S,
     BATCH_TARGET_EVENTS,
     FRAME_BURST,
@@ -104,6 +106,10 @@ class Wire:
             self.to_y.extend(self.x.receive(self.to_x.popleft()))
             moved = True
             self.delivered += 1
+        if not moved:  # idle: the ACKs a real driver sends after ACK_DELAY_S go now
+            self.to_x.extend(self.y.due_acks(now=True))
+            self.to_y.extend(self.x.due_acks(now=True))
+            moved = bool(self.to_x or self.to_y)
         return moved
 
     def settle(self, max_frames: int = 100_000) -> Wire:
@@ -548,7 +554,8 @@ def test_an_equivocation_arriving_by_sync_is_kept_and_freezes_the_author(
     Wire(session(a, True), session(b, False)).start().settle()
     wire = Wire(session(a, False), session(b, True))
     wire.handshake_only()
-    assert decode(wire.x.receive(encode(Events(1, (fork,))))[0]) == Ack(1)  # kept, not refused
+    assert wire.x.receive(encode(Events(1, (fork,)))) == []  # kept, not refused: its ACK
+    assert [decode(f) for f in wire.x.due_acks(now=True)] == [Ack(1)]  # waits for company
     assert b.engine.me in a.log.frozen
     assert len(a.store.equivocations()) == 2
     problems = walk(a.store, a.engine.keyring).problems
@@ -597,6 +604,32 @@ def test_a_peer_that_never_acks_gets_at_most_window_batches(trio: list[Replica])
     refusal(wire.x.check_timeouts, CloseCode.TIMEOUT)
 
 
+def test_one_ack_covers_every_batch_before_it(trio: list[Replica]) -> None:
+    """A receiver acks every ACK_EVERY batches, or once ACK_DELAY_S passed, or when the
+    sender says it is caught up; an ACK frees every batch up to the one it names."""
+    a, b, _ = trio
+    bulk(a, (WINDOW + 2) * BATCH_TARGET_EVENTS)
+    clock = Clock()
+    wire = Wire(session(a, True, clock=clock), session(b, False, clock=clock))
+    _, have_y = wire.handshake_only()
+    batches = [m for m in map(decode, wire.x.receive(have_y[0])) if isinstance(m, Events)]
+    assert len(batches) == WINDOW
+    replies = [decode(f) for m in batches[: ACK_EVERY - 1] for f in wire.y.receive(encode(m))]
+    assert replies == [] and wire.y.ack_wait() == pytest.approx(ACK_DELAY_S)
+    clock.now += ACK_DELAY_S / 2
+    assert wire.y.due_acks() == [] and wire.y.ack_wait() == pytest.approx(ACK_DELAY_S / 2)
+    clock.now += ACK_DELAY_S / 2 + 0.001
+    assert [decode(f) for f in wire.y.due_acks()] == [Ack(batches[ACK_EVERY - 2].batch)]
+    assert wire.y.ack_wait() is None
+    replies = [decode(f) for m in batches[ACK_EVERY - 1 :] for f in wire.y.receive(encode(m))]
+    assert replies == [Ack(batches[2 * ACK_EVERY - 2].batch)]  # ACK_EVERY more: at once
+    # The sender: an old ACK frees nothing more, a cumulative one frees all before it.
+    sent = [m for m in map(decode, wire.x.receive(encode(Ack(batches[1].batch))))]
+    assert len([m for m in sent if isinstance(m, Events)]) == 2  # the two slots ACK 2 freed
+    assert wire.x.receive(encode(Ack(batches[0].batch))) == []
+    refusal(lambda: wire.x.receive(encode(Ack(10**6))), CloseCode.MALFORMED)
+
+
 def test_window_holds_with_acks_out_of_order(trio: list[Replica]) -> None:
     a, b, _ = trio
     bulk(a, 9000)
@@ -626,13 +659,14 @@ def test_window_holds_with_acks_out_of_order(trio: list[Replica]) -> None:
                     held_acks.append(reply)  # acks come back late and out of order
                 else:
                     from_a(wire.x.receive(reply))
+        held_acks.extend(wire.y.due_acks(now=True))  # what the driver sends after ACK_DELAY_S
         rng.shuffle(held_acks)
         for _ in range(rng.randint(1, 3)):
             if held_acks:
                 ack = held_acks.pop()
                 acked = decode(ack)
                 assert isinstance(acked, Ack)
-                outstanding.discard(acked.batch)
+                outstanding -= {n for n in outstanding if n <= acked.batch}  # cumulative
                 from_a(wire.x.receive(ack))
     assert vv(a) == vv(b)
     assert wire.x.settled

@@ -108,6 +108,8 @@ class Events:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
+    """Cumulative: every batch up to and including ``batch`` is stored (durably)."""
+
     batch: int
 
 

@@ -106,12 +106,17 @@ async def _loop(
     loop = asyncio.get_running_loop()
 
     timer: list[asyncio.TimerHandle] = []
+    ack_timer: list[asyncio.TimerHandle] = []  # armed while a delayed ACK waits
     sender = _Sender(ws, loop)
 
     def tick() -> None:
         wake.set()
         sender.check_stall()
         timer[:] = [loop.call_later(TICK_S, tick)]
+
+    def ack_due() -> None:
+        ack_timer.clear()
+        wake.set()
 
     lost, send = sender.lost, sender.send
     tick()
@@ -135,14 +140,20 @@ async def _loop(
                 reader.result()  # the reader failed (a lost connection): raise it here
                 raise ConnectionError("the socket reader stopped")
             await send(session.local_changed())
+            await send(session.due_acks())
             if lost:
                 raise lost[0]
+            wait = session.ack_wait()
+            if wait is not None and not ack_timer:
+                ack_timer.append(loop.call_later(wait, ack_due))
             session.check_timeouts()
             if until_settled and session.settled:
+                await send(session.due_acks(now=True))  # the peer learns all is stored
                 await ws.close(code=int(CloseCode.NORMAL), message=b"settled")
                 return Ending(int(CloseCode.NORMAL), "settled", by_peer=False)
     finally:
-        timer[0].cancel()
+        for handle in timer + ack_timer:
+            handle.cancel()
         reader.cancel()
 
 
