@@ -62,7 +62,7 @@ ACK_TIMEOUT_S: Final = 60.0
 ACK_EVERY: Final = WINDOW // 2
 """Batches a receiver may leave unacknowledged; then it acks at once, so a sender with a
 full window always has half of it free again before its queue runs dry."""
-ACK_DELAY_S: Final = 0.05
+ACK_DELAY_S: Final = 0.25
 """How long an ACK waits for later batches to share it (TCP's delayed ACK). A relay fanning
 live events out to 50 replicas got one ACK per event back, and handling them was over a
 third of its work and most of the fan-out latency (design note 24)."""

@@ -106,17 +106,13 @@ async def _loop(
     loop = asyncio.get_running_loop()
 
     timer: list[asyncio.TimerHandle] = []
-    ack_timer: list[asyncio.TimerHandle] = []  # armed while a delayed ACK waits
+    ack_timer = _AckTimer(loop, wake)
     sender = _Sender(ws, loop)
 
     def tick() -> None:
         wake.set()
         sender.check_stall()
         timer[:] = [loop.call_later(TICK_S, tick)]
-
-    def ack_due() -> None:
-        ack_timer.clear()
-        wake.set()
 
     lost, send = sender.lost, sender.send
     tick()
@@ -143,18 +139,37 @@ async def _loop(
             await send(session.due_acks())
             if lost:
                 raise lost[0]
-            wait = session.ack_wait()
-            if wait is not None and not ack_timer:
-                ack_timer.append(loop.call_later(wait, ack_due))
+            ack_timer.wake_in(session.ack_wait())
             session.check_timeouts()
             if until_settled and session.settled:
                 await send(session.due_acks(now=True))  # the peer learns all is stored
                 await ws.close(code=int(CloseCode.NORMAL), message=b"settled")
                 return Ending(int(CloseCode.NORMAL), "settled", by_peer=False)
     finally:
-        for handle in timer + ack_timer:
-            handle.cancel()
+        timer[0].cancel()
+        ack_timer.wake_in(None)
         reader.cancel()
+
+
+class _AckTimer:
+    """Wakes the loop when a delayed ACK falls due (``Session.ack_wait``), at most once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        self.loop, self.wake = loop, wake
+        self.handle: asyncio.TimerHandle | None = None
+
+    def wake_in(self, seconds: float | None) -> None:
+        """Arm for ``seconds`` unless armed; None disarms (the ACK went out with company)."""
+        if seconds is None:
+            if self.handle is not None:
+                self.handle.cancel()
+                self.handle = None
+        elif self.handle is None:
+            self.handle = self.loop.call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.wake.set()
 
 
 class _Sender:
