@@ -61,6 +61,30 @@ class StoredEvent(NamedTuple):
 
 
 _EVENT_COLUMNS: Final = "rowid, author, seq, id, lamport, time_ms, kind, epoch, raw, anchor"
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (author, seq, id, lamport, time_ms, kind, epoch, raw, anchor)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _event_row(
+    event: Event, anchor: bool
+) -> tuple[bytes, int, bytes, int, int, int, int, bytes, int]:
+    """The ``events`` columns of an event, in ``_INSERT_EVENT``'s order."""
+    h = event.header
+    return (
+        h.author,
+        h.seq,
+        event.id,
+        h.lamport,
+        h.time_ms,
+        h.kind,
+        h.epoch,
+        event.raw,
+        int(anchor),
+    )
+
+
 _EVENT_COLUMNS_JOINED: Final = ", ".join(f"events.{c}" for c in _EVENT_COLUMNS.split(", "))
 
 
@@ -297,28 +321,49 @@ class Store:
 
         Call inside :meth:`atomic`: the insert and the head move together.
         """
-        columns = (
-            event.author,
-            event.seq,
-            event.id,
-            event.lamport,
-            event.time_ms,
-            event.kind,
-            event.epoch,
-            event.raw,
-        )
-        cur = self.conn.execute(
-            "INSERT INTO events (author, seq, id, lamport, time_ms, kind, epoch, raw, anchor)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*columns, int(anchor)),
-        )
-        self._dirty_heads[event.author] = Head(event.seq, event.id, event.lamport)
+        row = _event_row(event, anchor)
+        cur = self.conn.execute(_INSERT_EVENT, row)
         rowid = cur.lastrowid
         assert rowid is not None
-        if self._event_bytes is not None:
-            self._event_bytes += len(event.raw)
-        self._remember(StoredEvent(rowid, *columns, anchor))
+        self._inserted(event, [StoredEvent(rowid, *row[:-1], anchor)])
         return rowid
+
+    def insert_run(self, events: list[Event]) -> list[int]:
+        """Insert one author's consecutive checked events in one statement; their rowids.
+
+        The last is the run's anchor: its signature vouched for the others (see
+        ``Log.accept_batch``). A bulk sync stores most events this way; one ``execute`` per
+        event was a fifth of the receiving process's time. Call inside :meth:`atomic`.
+        """
+        last = events[-1]
+        rows = [_event_row(event, False) for event in events]
+        rows[-1] = _event_row(last, True)
+        self.conn.executemany(_INSERT_EVENT, rows)
+        rowids = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT rowid FROM events WHERE author = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (last.author, events[0].seq, last.seq),
+            )
+        ]
+        if len(rowids) != len(events):
+            raise StorageError("a run of events was not stored whole")
+        self._inserted(
+            last,
+            [
+                StoredEvent(rowid, *row[:-1], bool(row[-1]))
+                for rowid, row in zip(rowids, rows, strict=True)
+            ],
+        )
+        return rowids
+
+    def _inserted(self, last: Event, stored: list[StoredEvent]) -> None:
+        """Book what ``insert_event`` / ``insert_run`` stored: the head, sizes, the cache."""
+        self._dirty_heads[last.author] = Head(last.seq, last.id, last.lamport)
+        if self._event_bytes is not None:
+            self._event_bytes += sum(len(row.raw) for row in stored)
+        for row in stored:
+            self._remember(row)
 
     def _remember(self, row: StoredEvent) -> None:
         self._recent[(row.author, row.seq)] = row

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from eventlog import store as store_module
-from eventlog.accept import Status, now_ms
+from eventlog.accept import Log, Status, now_ms
 from eventlog.crypto import KxKey, SigningKey
 from eventlog.envelope import ZERO32, Event, Kind, assemble, decode_event, encode_signed
 from eventlog.errors import (
@@ -16,6 +21,7 @@ from eventlog.errors import (
     BrokenChainError,
     FrozenAuthorError,
     MembershipError,
+    ShoalError,
     StorageError,
     WrongVaultError,
 )
@@ -331,3 +337,175 @@ def test_a_failing_external_change_hook_leaves_no_transaction_open(tmp_path) -> 
     finally:
         other.close()
         store.close()
+
+
+# --- a run stored whole is what event-by-event admission stores ---------------------------------
+
+
+def _outcome_or_error(log: Log, raws: list[bytes]) -> tuple[Any, ...]:
+    try:
+        o = log.accept_batch(raws)
+    except ShoalError as exc:
+        return (type(exc).__name__, str(exc))
+    accepted = [(a.rowid, a.event.id) for a in o.accepted]
+    return (o.status, o.event_id, accepted, o.dropped, o.heads, o.roster_changed)
+
+
+def _tables(store: Store) -> tuple[list[tuple[Any, ...]], ...]:
+    return tuple(
+        store.query_all(sql)
+        for sql in (
+            "SELECT rowid, author, seq, id, lamport, anchor, raw FROM events ORDER BY rowid",
+            "SELECT * FROM heads ORDER BY author",
+            "SELECT author, seq, id, anchor FROM pending ORDER BY author, seq",
+            "SELECT * FROM equivocations ORDER BY 1, 2",
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def two_logs_to_receive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A receiver's database and two authors' logs it lacks: the founder's, and a member's
+    that the receiver's roster does not know yet (it was added after the receiver joined), so
+    its events park until the founder's arrive. The founder's log holds, in order: the
+    ``member.add`` of c, 6 data events, the removal of c with cutoff 5 (c's events 6-9
+    are then revoked), 6 more data events."""
+    from replicas.home import Home
+    from replicas.vault import init_vault
+
+    root = tmp_path_factory.mktemp("runs")
+    a = init_vault(Home(root / "a"), "a")
+    b = add_replica(a, root / "b", "b")
+    c = add_replica(a, root / "c", "c")
+    for i in range(9):
+        c.engine.append_record({"t": "test.note", "n": i})
+    for raw in all_raw(c)[:-4]:  # the founder holds c's first five events
+        a.engine.accept_remote(raw)
+    for i in range(12):
+        if i == 6:
+            a.engine.remove_member(c.engine.me)
+        a.engine.append_record({"t": "test.note", "n": i})
+    received = root / "b.db"
+    with sqlite3.connect(received) as copy:
+        b.store.conn.backup(copy)
+    logs = {
+        "a": [r.raw for r in a.store.events_after(0, 10**6) if r.author == a.engine.me],
+        "c": [r.raw for r in c.store.events_after(0, 10**6) if r.author == c.engine.me],
+    }
+    for replica in (a, b, c):
+        replica.close()
+    return {"db": received, "logs": logs}
+
+
+segment = st.tuples(st.sampled_from("ac"), st.integers(0, 20), st.integers(1, 14))
+# The founder's log from index 5 on: [5] adds c, [6..11] data, [12] removes c, [13..18] data.
+# c's log: its profile, then 9 data events; the removal's cutoff is its 6th event.
+
+
+@example(batches=[[("a", 5, 1)], [("a", 9, 2)], [("a", 6, 6)]])  # a run fills a parked gap
+@example(batches=[[("c", 2, 7)], [("a", 5, 1)], [("a", 6, 13)], [("c", 0, 9)]])  # removal
+@example(batches=[[("c", 0, 4)], [("a", 5, 14)], [("c", 4, 6)]])  # a run across the cutoff
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.lists(segment, min_size=1, max_size=4), min_size=1, max_size=6))
+def test_a_batch_stores_exactly_what_event_by_event_admission_stores(
+    two_logs_to_receive: dict[str, Any], tmp_path_factory: pytest.TempPathFactory, batches: Any
+) -> None:
+    """``Log._admit_run`` stores a run that continues its log in one insert; with gaps,
+    duplicates, overlaps, interleaved authors, parked events and a membership event, every
+    batch's outcome (or error) and every table must be what ``_admit`` per event gives."""
+    logs = two_logs_to_receive["logs"]
+    root = tmp_path_factory.mktemp("differential")
+    stores = []
+    for name in ("runs", "one_by_one"):
+        path = Path(root / f"{name}.db")
+        with sqlite3.connect(two_logs_to_receive["db"]) as src, sqlite3.connect(path) as dst:
+            src.backup(dst)
+        stores.append(Store.open(path))
+    runs, one_by_one = Log(stores[0]), Log(stores[1])
+    one_by_one._admit_run = lambda run, outcome: False  # type: ignore[method-assign]
+    try:
+        for batch in batches:
+            raws = list(
+                itertools.chain.from_iterable(
+                    logs[who][start : start + n] for who, start, n in batch
+                )
+            )
+            assert _outcome_or_error(runs, raws) == _outcome_or_error(one_by_one, raws)
+            assert _tables(stores[0]) == _tables(stores[1])
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_run_whose_lamports_do_not_increase_is_refused_whole(make_replica, tmp_path) -> None:
+    """Signed and chained by a member, but continuing its log wrongly: one lamport stands
+    still, or the run's first event names another predecessor than the one we hold. The run
+    path must notice both as ``_admit`` does, and nothing of the batch is stored."""
+    a = make_replica("a")
+    signer, _ = member_signer(a, tmp_path)
+    first = note(a, signer, a.log.next_position(signer.public))
+    a.log.accept(first.raw)  # we hold the author's seq 1: a run continues from there
+
+    def chain(prev: bytes, steps: tuple[int, ...]) -> list[bytes]:
+        raws = []
+        for seq, step in enumerate(steps, first.seq + 1):
+            event = note(a, signer, Position(seq, prev, first.lamport + step))
+            raws.append(event.raw)
+            prev = event.id
+        return raws
+
+    before = a.store.event_count()
+    with pytest.raises(BrokenChainError, match="lamport"):
+        a.log.accept_batch(chain(first.id, (1, 2, 2, 3)))
+    with pytest.raises(BrokenChainError, match="prev"):
+        a.log.accept_batch(chain(bytes(32), (1, 2, 3)))
+    assert a.store.event_count() == before
+    assert a.log.accept_batch(chain(first.id, (1, 2, 3))).status is Status.ACCEPTED
+
+
+def test_a_run_of_a_frozen_author_is_refused(make_replica, tmp_path) -> None:
+    """After an equivocation its author is frozen: a run that continues the log we hold
+    of it is refused whole, on the run path as on ``_admit``."""
+    a = make_replica("a")
+    signer, _ = member_signer(a, tmp_path)
+    at = a.log.next_position(signer.public)
+    kept = note(a, signer, at, "one")
+    a.log.accept(kept.raw)
+    assert a.log.accept(note(a, signer, at, "two").raw).status is Status.EQUIVOCATION
+    run, prev = [], kept.id
+    for seq in (2, 3, 4):
+        event = note(a, signer, Position(seq, prev, kept.lamport + seq))
+        run.append(event.raw)
+        prev = event.id
+    with pytest.raises(FrozenAuthorError):
+        a.log.accept_batch(run)
+    assert a.store.head(signer.public).seq == 1
+
+
+def test_a_run_that_continues_its_log_is_stored_whole(
+    two_logs_to_receive: dict[str, Any], tmp_path: Path
+) -> None:
+    """The path the differential test above compares is the one a sync takes."""
+    path = tmp_path / "b.db"
+    with sqlite3.connect(two_logs_to_receive["db"]) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    log = Log(Store.open(path))
+    whole: list[bool] = []
+    admit_run = log._admit_run
+
+    def watched(run: list[Event], outcome: Any) -> bool:
+        whole.append(admit_run(run, outcome))
+        return whole[-1]
+
+    log._admit_run = watched  # type: ignore[method-assign]
+    founder = two_logs_to_receive["logs"]["a"]
+    held = log.head(decode_event(founder[0]).author)
+    assert held is not None
+    log.accept_batch(founder[held.seq : held.seq + 1])  # the member.add of c: one by one
+    outcome = log.accept_batch(founder[held.seq + 1 : held.seq + 6])  # five data events
+    assert whole == [False, True] and len(outcome.accepted) == 5
+    anchors = log.store.query_all("SELECT anchor FROM events ORDER BY rowid DESC LIMIT 5")
+    assert [a for (a,) in anchors] == [1, 0, 0, 0, 0]  # the run's last signature vouches
+    log.store.close()
