@@ -65,6 +65,9 @@ SNAPSHOT_EVERY: Final = 64
 MAX_LIVE_DOCS: Final = 64
 CATCH_UP_ROWS: Final = 1000
 """Events per catch-up transaction: short, so a process storing beside it is not held up."""
+_INDEX_EVENT: Final = "INSERT OR REPLACE INTO event_index VALUES (?, ?, ?, ?, ?)"
+_APPLIED_BEYOND_THE_INDEX: Final = frozenset({T_DOC_UPDATE, T_REPLICA_PROFILE, *files.FILE_TYPES})
+"""Payload types ``Engine._apply`` does more for than write the event's index row."""
 
 
 class Record(NamedTuple):
@@ -458,10 +461,7 @@ class Engine:
             opened = [self._open_stored(row.rowid, row.raw, row.id) for row in rows]
             with self.store.atomic():
                 upto = self.applied_upto()
-                for accepted, payload in opened:
-                    if accepted.rowid > upto:
-                        self._apply(accepted, payload, None)
-                        applied += 1
+                applied += self._apply_opened([o for o in opened if o[0].rowid > upto])
 
     def settle(self, roster_changed: bool, revoked_changed: bool) -> int:
         """After events were stored without the engine (``Log.accept_batch`` directly):
@@ -490,6 +490,34 @@ class Engine:
         if row is None:
             raise NotFoundError(f"no event at rowid {rowid}")
         return decode_event(row.raw)
+
+    def _apply_opened(self, opened: list[tuple[Accepted, Payload | None]]) -> int:
+        """``_apply`` each, in order; but a plain record only needs its index row (where
+        processors and listings find it by type), and a bulk sync is mostly those: their
+        rows go in one statement. Plain: an opened data event, not revoked, whose type is
+        not in ``_APPLIED_BEYOND_THE_INDEX``, once the transaction's first ``_apply`` has
+        put the applied mark in order (``_apply_missed``)."""
+        rows: list[tuple[int, str, None, int, None]] = []
+        for accepted, payload in opened:
+            event = accepted.event
+            if (
+                payload is None
+                or not self._in_order
+                or payload["t"] in _APPLIED_BEYOND_THE_INDEX
+                or self.log.revoked(event.author, event.seq)
+            ):
+                self._index(rows)
+                self._apply(accepted, payload, None)
+            else:
+                rows.append((accepted.rowid, payload["t"], None, len(event.raw), None))
+                self._applied = max(self._applied, accepted.rowid)
+        self._index(rows)
+        return len(opened)
+
+    def _index(self, rows: list[tuple[int, str, None, int, None]]) -> None:
+        if rows:
+            self.store.conn.executemany(_INDEX_EVENT, rows)
+            rows.clear()
 
     # --- events -> documents (the one path) ---------------------------------------------------
 
@@ -522,7 +550,7 @@ class Engine:
             except DecodeError as exc:
                 note = str(exc)
         self.store.conn.execute(
-            "INSERT OR REPLACE INTO event_index VALUES (?, ?, ?, ?, ?)",
+            _INDEX_EVENT,
             (rowid, None if payload is None else payload["t"], doc_id, len(event.raw), note),
         )
         if update is not None and doc_id is not None and note is None:
