@@ -329,9 +329,10 @@ class Log:
         first, last = run[0], run[-1]
         author = first.author
         head = self._heads.get(author)
+        if head is None:  # a log that starts here: decode_event checked seq 1's zero prev
+            head = Head(0, first.prev, 0)
         if (
             len(run) < 2
-            or head is None
             or first.seq != head.seq + 1
             or first.prev != head.id
             or author in self._frozen
