@@ -1,22 +1,19 @@
-"""The SQLite store: events, heads (the version vector), pending, equivocations, roster.
+"""The event store: events, heads (the version vector), pending, equivocations, roster.
 
-One place opens connections (:meth:`Store.open`); one context manager makes transactions
-(:meth:`Store.atomic`). Writes of acknowledged events run with WAL and ``synchronous=FULL``:
-when ``atomic()`` returns, the events are on disk. The store knows nothing about documents; the
+A :class:`Store` is a :class:`eventlog.database.Database` (WAL, ``synchronous=FULL``, nested
+``atomic()`` transactions) that knows these tables. It knows nothing about documents; the
 engine keeps its derived tables in the same file through its own migrations.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from eventlog.database import Database, connect, connect_readonly, out_of_space
 from eventlog.envelope import Event
 from eventlog.errors import AmbiguousError, NotFoundError, StorageError
 from eventlog.membership import Member
@@ -28,12 +25,6 @@ RECENT_BYTES: Final = 8 * 1024 * 1024
 """Events inserted lately are also kept in memory, up to this many bytes, for serving: a relay
 sends each batch it accepts on to every other connection of the vault, and reading it back
 from SQLite once per connection was 40 % of a busy relay's time (W6)."""
-
-
-BUSY_TIMEOUT_MS: Final = 10_000
-"""How long any statement waits for a lock held by another process before it fails."""
-LOCK_POLL_S: Final = (0.0002, 0.002)
-"""First and longest pause between tries for the write lock (see ``Store._begin``)."""
 
 
 class Head(NamedTuple):
@@ -114,30 +105,21 @@ def hex_prefix_bounds(prefix: str, width: int) -> tuple[bytes, bytes]:
     return low, high
 
 
-class Store:
+class Store(Database):
     """An open vault database. Use :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self.path = path
-        self.conn = conn
-        self._depth = 0
-        self._transaction = _Transaction(self)
+    def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool = False) -> None:
+        super().__init__(conn, path, readonly=readonly)
         self._pending_count: int | None = None
-        self.rollback_hooks: list[Callable[[], None]] = []
-        """Called after a rollback, so callers can drop caches of what did not commit."""
-        self.external_change_hooks: list[Callable[[], None]] = []
-        """Called when another process committed since our last transaction (for example a
-        ``shoal append`` while ``shoal serve`` runs): caches of the database are stale."""
-        self.pre_commit_hooks: list[Callable[[], None]] = []
-        """Called inside the transaction just before COMMIT: write-once-per-transaction rows."""
         self._dirty_heads: dict[bytes, Head] = {}
         """Heads moved in this transaction, written once at commit rather than per event."""
-        self._data_version: int | None = None
         self._event_bytes: int | None = None
         self._recent: OrderedDict[tuple[bytes, int], StoredEvent] = OrderedDict()
         self._recent_bytes = 0
-        self.readonly = False
-        """Opened for reading only (the disk is full): see :meth:`open_readonly`."""
+        # First in each list: the store's own bookkeeping runs before any caller's hook.
+        self.pre_commit_hooks.append(self._write_heads)
+        self.rollback_hooks.append(self._forget_uncommitted)
+        self.external_change_hooks.append(self._forget_counts)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -146,17 +128,9 @@ class Store:
         """Open (or with ``create``, make) the database at ``path`` and migrate it."""
         if not create and not path.exists():
             raise NotFoundError(f"no vault database at {path}")
-        if create and not path.exists():
-            # The database holds derived plaintext on a full replica: owner-only from birth.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         conn = None
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StorageError(f"could not enable WAL on {path} (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn = connect(path, create=create)
             store = cls(conn, path)
             migrate(conn, "eventlog", "eventlog.migrations")
             # Baseline before anyone builds caches: a commit by another process after this
@@ -165,137 +139,32 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
-            if not create and _out_of_space(exc):
+            if not create and out_of_space(exc):
                 return cls.open_readonly(path)
             raise StorageError(f"cannot open {path}: {exc}") from exc
         return store
 
     @classmethod
     def open_readonly(cls, path: Path) -> Store:
-        """Open for reading only: what still works when the disk is full.
-
-        SQLite deletes the WAL at the last close and needs to create it (and its shared-
-        memory index) to open normally, which a full disk refuses. With no WAL on disk the
-        database file alone is the whole state (an empty WAL left by a failed open counts as
-        none), so it is opened ``immutable``; with a WAL holding frames (another process has
-        it open) ``mode=ro`` reads through it. Any write then fails
-        with a typed error; nothing is migrated.
-        """
-        wal = path.with_name(path.name + "-wal")
-        live_wal = wal.exists() and wal.stat().st_size > 0
-        flag = "mode=ro" if live_wal else "immutable=1"
+        """Open for reading only (``database.connect_readonly``): any write then fails with a
+        typed error; nothing is migrated."""
         try:
-            conn = sqlite3.connect(
-                f"{path.resolve().as_uri()}?{flag}",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            store = cls(conn, path)
-            store.readonly = True
+            conn = connect_readonly(path)
+            store = cls(conn, path, readonly=True)
             check_current(conn, "eventlog", "eventlog.migrations")
             store.poll_external_change()
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot open {path} even for reading: {exc}") from exc
         return store
 
-    def close(self) -> None:
-        self.conn.close()
-
-    def atomic(self) -> AbstractContextManager[None]:
-        """One transaction; nested uses join the outer one. Rolls back on any exception."""
-        return self._transaction
-
-    def _open_transaction(self) -> None:
-        if self.readonly:
-            raise StorageError(
-                f"{self.path} is open read-only (the disk was full): nothing can be written"
-            )
-        try:
-            self._begin()
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot begin a transaction: {exc}") from exc
-        try:
-            self.poll_external_change()  # its hooks reload caches, and may fail
-        except BaseException as exc:
-            self._roll_back(exc)  # or the next atomic() would meet a stray open BEGIN
-            raise
-        self._depth = 1
-
-    def _commit(self) -> None:
-        self._write_heads()
-        for hook in self.pre_commit_hooks:
-            hook()
-        self.conn.execute("COMMIT")
-
-    def _roll_back(self, exc: BaseException) -> None:
-        """Undo the transaction and forget what it cached; a SQLite error becomes ours."""
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-        self._pending_count = self._event_bytes = None
+    def _forget_uncommitted(self) -> None:
+        self._forget_counts()
         self._recent.clear()  # it may hold events that were never committed
         self._recent_bytes = 0
         self._dirty_heads.clear()
-        for hook in self.rollback_hooks:
-            hook()
-        if isinstance(exc, sqlite3.Error):
-            raise StorageError(f"database write failed: {exc}") from exc
 
-    def _begin(self) -> None:
-        """``BEGIN IMMEDIATE``, trying for the write lock every fraction of a millisecond.
-
-        SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries, so a
-        writer that keeps meeting another process's transactions (a bulk sync and its apply
-        helper, a daemon beside a CLI command) loses most of its waiting time asleep after the
-        lock is already free. Here the pause starts at 0.2 ms and doubles up to 2 ms; the
-        deadline is the usual busy timeout, which every other statement keeps.
-        """
-        conn = self.conn
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-            pause, longest = LOCK_POLL_S
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if conn.in_transaction or "locked" not in str(exc):
-                        raise
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 2, longest)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-
-    def poll_external_change(self) -> bool:
-        """Did another connection commit since we last looked? If so, run the hooks."""
-        try:
-            version = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise StorageError(f"database read failed: {exc}") from exc
-        changed = self._data_version is not None and version != self._data_version
-        self._data_version = version
-        if changed:
-            self._pending_count = self._event_bytes = None
-            for hook in self.external_change_hooks:
-                hook()
-        return changed
-
-    def query_one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        try:
-            row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(f"database read failed: {exc}") from exc
-        return row
-
-    def query_all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self.conn.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(f"database read failed: {exc}") from exc
+    def _forget_counts(self) -> None:
+        self._pending_count = self._event_bytes = None
 
     # --- vault facts ------------------------------------------------------------------------
 
@@ -666,47 +535,3 @@ class Store:
             " ORDER BY rowid"
         )
         return [_row(r) for r in rows]
-
-
-def _out_of_space(exc: sqlite3.DatabaseError) -> bool:
-    """Whether opening failed for want of disk space (SQLite says "disk I/O error" when it
-    cannot create its WAL files, "database or disk is full" when a write ran out)."""
-    text = str(exc).lower()
-    return "disk i/o error" in text or "disk is full" in text
-
-
-class _Transaction:
-    """``Store.atomic``'s context manager. A class rather than ``@contextmanager``: every
-    event stored or applied opens several (the nested ones join); a nested use costs
-    ~0.4 us here against ~1.5 us through the generator protocol."""
-
-    __slots__ = ("store",)
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def __enter__(self) -> None:
-        store = self.store
-        if store._depth:
-            store._depth += 1
-        else:
-            store._open_transaction()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> None:
-        store = self.store
-        if store._depth > 1:
-            store._depth -= 1
-            return
-        try:
-            if exc is None:
-                try:
-                    store._commit()
-                except BaseException as failure:
-                    store._roll_back(failure)
-                    raise
-            else:
-                store._roll_back(exc)
-        finally:
-            store._depth = 0

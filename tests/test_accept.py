@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from eventlog import store as store_module
+from eventlog import database as database_module
 from eventlog.accept import Log, Status, now_ms
 from eventlog.crypto import KxKey, SigningKey
 from eventlog.envelope import ZERO32, Event, Kind, assemble, decode_event, encode_signed
@@ -276,7 +276,7 @@ def test_batches_served_from_memory_match_the_database(make_replica, tmp_path) -
 
 
 def test_a_writer_gets_the_lock_another_process_held_once_it_is_free(tmp_path) -> None:
-    """``Store._begin`` polls for the write lock; it must still get it, and in order."""
+    """``Database._begin`` polls for the write lock; it must still get it, and in order."""
     store = Store.open(tmp_path / "v.db", create=True)
     other = sqlite3.connect(tmp_path / "v.db", isolation_level=None, check_same_thread=False)
     try:
@@ -287,14 +287,14 @@ def test_a_writer_gets_the_lock_another_process_held_once_it_is_free(tmp_path) -
             store.conn.execute("UPDATE vault SET value = x'02' WHERE key = 'written'")
         assert store.get_fact("written") == b"\x02"
         busy = store.conn.execute("PRAGMA busy_timeout").fetchone()[0]
-        assert busy == store_module.BUSY_TIMEOUT_MS  # every other statement keeps it
+        assert busy == database_module.BUSY_TIMEOUT_MS  # every other statement keeps it
     finally:
         other.close()
         store.close()
 
 
 def test_a_lock_held_past_the_busy_timeout_is_a_typed_error(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(database_module, "BUSY_TIMEOUT_MS", 50)
     store = Store.open(tmp_path / "v.db", create=True)
     other = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
     try:
