@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -350,20 +350,30 @@ async def _sync_through(
         await drive(ws, relay_session(SpoilingRelayPort(vault, victim, mode), relay))
         return ws
 
+    async with sync_endpoint(handle) as url:
+        try:
+            await sync_once(replica, url, timeout=60)
+        except SyncError as exc:
+            return exc, connections
+    return None, connections
+
+
+@contextlib.asynccontextmanager
+async def sync_endpoint(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A real aiohttp server on 127.0.0.1 answering the sync path with ``handle``; its URL."""
     app = web.Application()
     app.router.add_get(SYNC_PATH, handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        await sync_once(replica, f"http://127.0.0.1:{port}", timeout=60)
-    except SyncError as exc:
-        return exc, connections
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
-    return None, connections
 
 
 def test_a_peer_that_stops_reading_while_we_send_is_closed_as_stalled(
@@ -402,19 +412,9 @@ def test_a_peer_that_stops_reading_while_we_send_is_closed_as_stalled(
         return ws
 
     async def push() -> Ending:
-        app = web.Application()
-        app.router.add_get(SYNC_PATH, handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        try:
-            async with aiohttp.ClientSession() as http:
-                ws = await connect(http, sync_url(f"http://127.0.0.1:{port}", a.log.vault_id))
-                return await asyncio.wait_for(drive(ws, session(a, True)), 15)
-        finally:
-            await runner.cleanup()
+        async with sync_endpoint(handle) as url, aiohttp.ClientSession() as http:
+            ws = await connect(http, sync_url(url, a.log.vault_id))
+            return await asyncio.wait_for(drive(ws, session(a, True)), 15)
 
     ending = asyncio.run(push())
     assert vanished.is_set()

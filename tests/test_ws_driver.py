@@ -11,10 +11,10 @@ from aiohttp import web
 
 from replicas.relay import RelayPort
 from replicas.vault import Replica
-from tests.test_adversarial import in_process_relay, relay_session
+from tests.test_adversarial import in_process_relay, relay_session, sync_endpoint
 from tests.test_session import session
 from transport.session import ACK_DELAY_S
-from transport.ws import SYNC_PATH, connect, drive, server_socket, sync_url
+from transport.ws import connect, drive, server_socket, sync_url
 
 
 async def until(condition: Callable[[], bool], within: float) -> None:
@@ -39,30 +39,20 @@ def test_a_lone_live_batch_is_acknowledged_once_the_ack_delay_passed(
         return ws
 
     async def run() -> None:
-        app = web.Application()
-        app.router.add_get(SYNC_PATH, handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        try:
-            async with aiohttp.ClientSession() as http:
-                ws = await connect(http, sync_url(f"http://127.0.0.1:{port}", a.log.vault_id))
-                changed = asyncio.Event()
-                ours = session(a, True)
-                driving = asyncio.ensure_future(drive(ws, ours, changed))
-                await until(lambda: ours.settled, 10)
-                sent = ours.stats.events_sent
-                a.engine.append_record({"t": "test.live", "n": 1})
-                changed.set()
-                await until(lambda: ours.stats.events_sent > sent, 10)
-                assert not ours.settled  # in flight: the relay's ACK waits for company
-                await until(lambda: ours.settled, 10 * ACK_DELAY_S + 5)
-                assert vault.log.store.event_count() == a.store.event_count()
-                await ws.close()
-                await driving
-        finally:
-            await runner.cleanup()
+        async with sync_endpoint(handle) as url, aiohttp.ClientSession() as http:
+            ws = await connect(http, sync_url(url, a.log.vault_id))
+            changed = asyncio.Event()
+            ours = session(a, True)
+            driving = asyncio.ensure_future(drive(ws, ours, changed))
+            await until(lambda: ours.settled, 10)
+            sent = ours.stats.events_sent
+            a.engine.append_record({"t": "test.live", "n": 1})
+            changed.set()
+            await until(lambda: ours.stats.events_sent > sent, 10)
+            assert not ours.settled  # in flight: the relay's ACK waits for company
+            await until(lambda: ours.settled, 10 * ACK_DELAY_S + 5)
+            assert vault.log.store.event_count() == a.store.event_count()
+            await ws.close()
+            await driving
 
     asyncio.run(run())
