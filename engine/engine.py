@@ -20,31 +20,21 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from engine import documents, files
+from engine import documents, epoch_keys, files
 from engine.documents import DOC_ID_BYTES, LiveDoc
 from eventlog.accept import Accepted, Log, Outcome, now_ms, public_payload
-from eventlog.crypto import KxKey, SigningKey, random_key, wrap_key
+from eventlog.crypto import KxKey, SigningKey
 from eventlog.envelope import Event, Kind, decode_event, decode_stored
 from eventlog.errors import (
     AmbiguousError,
     DecodeError,
     IntegrityError,
-    MembershipError,
     NotFoundError,
     WrongTypeError,
 )
-from eventlog.membership import (
-    ROLE_FULL,
-    ROLE_INVITE,
-    Member,
-    member_add_payload,
-    member_remove_payload,
-    rotation_epoch,
-    wrap_context,
-    wrapped_keys,
-)
+from eventlog.membership import ROLE_FULL
 from eventlog.migrate import check_current, migrate
-from eventlog.payload import Payload, decode_payload, field_bytes
+from eventlog.payload import Payload, field_bytes
 from eventlog.sealing import Keyring
 from eventlog.store import hex_prefix_bounds
 
@@ -204,12 +194,7 @@ class Engine:
 
         ``signer`` lets a delegate (an invite or the recovery key) write it instead of us.
         """
-        vault = self.log.vault_id
-        keys = {
-            epoch: wrap_key(kx, key, wrap_context(vault, epoch, member))
-            for epoch, key in self.keyring.epochs().items()
-        }
-        payload = member_add_payload(member, kx, role, keys, expires_ms)
+        payload = epoch_keys.add_payload(self.log, self.keyring, member, kx, role, expires_ms)
         accepted = self._append(payload, kind=Kind.MEMBERSHIP, signer=signer)
         self._notify()
         return accepted
@@ -217,41 +202,17 @@ class Engine:
     def remove_member(self, member: bytes) -> Accepted:
         """Remove a member and start a new key epoch that only the remaining members get.
 
-        The removal records how far we hold the removed author's log (its ``cutoff``); every
-        replica and the relay then refuse that author's later events. The new epoch key is
-        wrapped for each remaining member, delegates included (an unused invite or the
-        recovery key must still let a device read new events), and we seal under it from now
-        on. See ``eventlog.membership`` for how concurrent removals resolve.
+        Every replica and the relay then refuse the removed author's events past the cutoff
+        (how far we hold its log), and we seal under the new epoch from now on. See
+        ``engine.epoch_keys`` for who gets the key, ``eventlog.membership`` for how
+        concurrent removals resolve.
         """
-        roster = self.log.roster
-        if member == self.me:
-            raise MembershipError("a device cannot remove itself; remove it from another device")
-        if member not in roster:
-            if member in self.log.removed:
-                raise MembershipError("that device was already removed")
-            raise NotFoundError(f"no member {member.hex()}")
-        head = self.log.head(member)
-        cutoff = 0 if head is None else head.seq
-        epoch = rotation_epoch(self.log.next_position(self.me).lamport, self.me)
-        key = random_key()
-        vault = self.log.vault_id
-        keys = {
-            m.author: wrap_key(m.kx, key, wrap_context(vault, epoch, m.author))
-            for m in roster.values()
-            if m.author != member and self._gets_new_keys(m)
-        }
-        payload = member_remove_payload(member, cutoff, epoch, keys)
+        payload, epoch, key = epoch_keys.removal(self.log, self.me, member)
         accepted = self._append(payload, kind=Kind.MEMBERSHIP)
         self.keyring.add(epoch, key)
         self._keys_learnt()
         self._notify()
         return accepted
-
-    def _gets_new_keys(self, member: Member) -> bool:
-        """An invite that was used or has expired can no longer connect: it needs no key."""
-        if member.role != ROLE_INVITE:
-            return True
-        return self.log.head(member.author) is None and now_ms() <= member.expires_ms
 
     def adopt_keys(self, kx: KxKey, member: bytes | None = None) -> dict[int, bytes]:
         """Unwrap the epoch keys wrapped for ``member`` (ours by default) and use them.
@@ -260,31 +221,17 @@ class Engine:
         carries the epoch it started, wrapped for every member that remained.
         """
         member = self.me if member is None else member
-        entry = self.log.roster.get(member)
-        if entry is None:
-            raise MembershipError("this key is not (yet) a member of the vault")
-        row = self.store.event_by_id(entry.added_event)
-        if row is None:
-            raise NotFoundError("the membership event is not in the store")
-        payload = decode_payload(decode_event(row.raw).body)
-        keys = {}
-        vault = self.log.vault_id
-        for epoch, wrapped in wrapped_keys(payload).items():
-            keys[epoch] = kx.unwrap(wrapped, wrap_context(vault, epoch, member))
-            self.keyring.add(epoch, keys[epoch])
+        keys = epoch_keys.unwrap_added(self.log, kx, member)
+        for epoch, key in keys.items():
+            self.keyring.add(epoch, key)
         keys.update(self._unwrap_rotations(kx, member))
         self._reapply_unopened()
         return keys
 
     def _unwrap_rotations(self, kx: KxKey, member: bytes) -> dict[int, bytes]:
-        keys = {}
-        for _, removal in self.log.fold.rotations:
-            wrapped = removal.keys.get(member)
-            if wrapped is not None and not self.keyring.has(removal.epoch):
-                keys[removal.epoch] = kx.unwrap(
-                    wrapped, wrap_context(self.log.vault_id, removal.epoch, member)
-                )
-                self.keyring.add(removal.epoch, keys[removal.epoch])
+        keys = epoch_keys.unwrap_rotations(self.log, self.keyring, kx, member)
+        for epoch, key in keys.items():
+            self.keyring.add(epoch, key)
         return keys
 
     def _roster_changed(self, roster_changed: bool, revoked_changed: bool) -> None:
