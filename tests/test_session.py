@@ -623,6 +623,9 @@ def test_one_ack_covers_every_batch_before_it(trio: list[Replica]) -> None:
     assert wire.y.ack_wait() is None
     replies = [decode(f) for m in batches[ACK_EVERY - 1 :] for f in wire.y.receive(encode(m))]
     assert replies == [Ack(batches[2 * ACK_EVERY - 2].batch)]  # ACK_EVERY more: at once
+    assert wire.y.ack_wait() is not None  # the last batch waits for company ...
+    assert [decode(f) for f in wire.y.receive(encode(CaughtUp()))] == [Ack(batches[-1].batch)]
+    assert wire.y.ack_wait() is None  # ... unless the sender says it is caught up
     # The sender: an old ACK frees nothing more, a cumulative one frees all before it.
     sent = [m for m in map(decode, wire.x.receive(encode(Ack(batches[1].batch))))]
     assert len([m for m in sent if isinstance(m, Events)]) == 2  # the two slots ACK 2 freed
