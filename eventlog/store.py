@@ -205,8 +205,7 @@ class Store(Database):
         event was a fifth of the receiving process's time. Call inside :meth:`atomic`.
         """
         last = events[-1]
-        rows = [_event_row(event, False) for event in events]
-        rows[-1] = _event_row(last, True)
+        rows = [_event_row(event, event is last) for event in events]
         self.conn.executemany(_INSERT_EVENT, rows)
         rowids = [
             r[0]
