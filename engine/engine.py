@@ -24,7 +24,7 @@ from engine import documents, epoch_keys, files
 from engine.documents import DOC_ID_BYTES, LiveDoc
 from eventlog.accept import Accepted, Log, Outcome, now_ms, public_payload
 from eventlog.crypto import KxKey, SigningKey
-from eventlog.envelope import Event, Kind, decode_event, decode_stored
+from eventlog.envelope import Event, Kind, decode_stored
 from eventlog.errors import (
     AmbiguousError,
     DecodeError,
@@ -321,7 +321,7 @@ class Engine:
         """
         records = []
         for row in self.store.events_after(rowid, limit):
-            event = decode_event(row.raw)
+            event = row.decoded()
             payload: Payload | None
             if self.log.revoked(event.author, event.seq):
                 payload = None
@@ -436,7 +436,7 @@ class Engine:
         row = self.store.event_by_rowid(rowid)
         if row is None:
             raise NotFoundError(f"no event at rowid {rowid}")
-        return decode_event(row.raw)
+        return row.decoded()
 
     def _apply_opened(self, opened: list[tuple[Accepted, Payload | None]]) -> int:
         """``_apply`` each, in order; but a plain record only needs its index row (where
@@ -641,13 +641,13 @@ class Engine:
         self, doc_id: bytes, after: int, upto: int | None
     ) -> Iterable[tuple[int, bytes]]:
         rows = self.store.query_all(
-            "SELECT e.rowid, e.raw FROM event_index i JOIN events e ON e.rowid = i.rowid"
+            "SELECT e.rowid, e.raw, e.id FROM event_index i JOIN events e ON e.rowid = i.rowid"
             " WHERE i.doc = ? AND i.type = 'doc.update' AND i.rowid > ? AND i.rowid <= ?"
             " AND i.note IS NULL ORDER BY i.rowid",
             (doc_id, after, upto if upto is not None else 2**62),
         )
-        for rowid, raw in rows:
-            payload = self.keyring.open_payload(decode_event(bytes(raw)))
+        for rowid, raw, event_id in rows:
+            payload = self.keyring.open_payload(decode_stored(bytes(raw), bytes(event_id)))
             yield rowid, field_bytes(payload, "u")
 
     def _remember(self, live: LiveDoc) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from eventlog.accept import Log, now_ms
 from eventlog.crypto import KxKey, random_key, wrap_key
-from eventlog.envelope import decode_event
 from eventlog.errors import MembershipError, NotFoundError
 from eventlog.membership import (
     ROLE_INVITE,
@@ -77,7 +76,7 @@ def unwrap_added(log: Log, kx: KxKey, member: bytes) -> dict[int, bytes]:
     row = log.store.event_by_id(entry.added_event)
     if row is None:
         raise NotFoundError("the membership event is not in the store")
-    payload = decode_payload(decode_event(row.raw).body)
+    payload = decode_payload(row.decoded().body)
     return {
         epoch: kx.unwrap(wrapped, wrap_context(log.vault_id, epoch, member))
         for epoch, wrapped in wrapped_keys(payload).items()

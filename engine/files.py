@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from engine.blobs import ID_BYTES
 from engine.documents import DOC_ID_BYTES
-from eventlog.envelope import decode_event
 from eventlog.errors import NotFoundError, WrongTypeError
 from eventlog.payload import Payload, field_bytes, field_int, field_str
 
@@ -374,7 +373,7 @@ def iter_content(engine: Engine, found: FileVersion) -> Iterator[bytes]:
         raw = store.event_by_rowid(int(row[0]))
         if raw is None:
             raise NotFoundError(f"{found.path}: the event holding a chunk is gone")
-        payload = engine.keyring.open_payload(decode_event(raw.raw))
+        payload = engine.keyring.open_payload(raw.decoded())
         if int(row[1]) < 0:
             yield field_bytes(payload, "data")
         else:

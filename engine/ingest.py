@@ -79,7 +79,7 @@ class FileWriter:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.keys = BlobKeys(engine.keyring)
+        self.keys = BlobKeys(engine.keyring, engine.log.vault_format())
 
     def put(
         self,

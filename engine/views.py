@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.documents import LiveDoc, summarize
-from eventlog.envelope import decode_event
+from eventlog.envelope import decode_stored
 from eventlog.payload import field_bytes
 from eventlog.sealing import Keyring
 from eventlog.store import Store, StoredEvent
@@ -138,14 +138,15 @@ def state_at(store: Store, keyring: Keyring, doc: bytes, at: StoredEvent) -> Doc
     seen by its author first and so has a smaller lamport.
     """
     rows = store.query_all(
-        "SELECT e.raw FROM event_index i JOIN events e ON e.rowid = i.rowid"
+        "SELECT e.raw, e.id FROM event_index i JOIN events e ON e.rowid = i.rowid"
         " WHERE i.doc = ? AND i.type = 'doc.update' AND i.note IS NULL"
         " AND (e.lamport < ? OR (e.lamport = ? AND"
         " e.author <= ?)) ORDER BY e.lamport, e.author",
         (doc, at.lamport, at.lamport, at.author),
     )
     live = LiveDoc(doc)
-    for (raw,) in rows:
-        live.apply_from_log(field_bytes(keyring.open_payload(decode_event(bytes(raw))), "u"))
+    for raw, event_id in rows:
+        event = decode_stored(bytes(raw), bytes(event_id))
+        live.apply_from_log(field_bytes(keyring.open_payload(event), "u"))
     summary = summarize(live)
     return DocState(summary.title, summary.tags, str(live.body), len(rows))

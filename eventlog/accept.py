@@ -122,7 +122,7 @@ class Log:
     def _load_roster(self) -> None:
         entries: dict[bytes, MembershipEntry] = {}
         for row in self.store.membership_events():
-            event = decode_event(row.raw)
+            event = row.decoded()
             if event.kind in ROSTER_KINDS:
                 entries[event.id] = (event, public_payload(event))
         self._membership = entries
@@ -164,6 +164,17 @@ class Log:
     def fold(self) -> Roster:
         """The whole fold: every member ever, invalid membership events, rotations."""
         return self._fold
+
+    def vault_format(self) -> int:
+        """The event format the vault was founded in (its genesis event's version).
+
+        Whatever is addressed by a hash for the vault's lifetime (file chunks) keeps the
+        founding format's hash, so addresses and deduplication do not change on upgrade.
+        """
+        genesis = self._membership.get(self.vault_id)
+        if genesis is None:
+            raise MembershipError("the vault's genesis event is not here yet")
+        return genesis[0].header.v
 
     def revoked(self, author: bytes, seq: int) -> bool:
         """Is this stored event beyond what the roster allows (its author removed before it)?"""
@@ -243,7 +254,7 @@ class Log:
         """Check and store one event from anywhere. Raises a typed error if it is invalid."""
         event = decode_event(raw)
         self._check_vault(event)
-        verify_signature(event.author, event.sig, event.signed)
+        verify_signature(event.author, event.sig, event.message)
         version = self.roster_version
         with self.store.atomic():
             status, accepted = self._admit(event, now_ms())
@@ -291,7 +302,7 @@ class Log:
                 or following.seq != header.seq + 1
                 or following.prev != event.id
             ):
-                verify_signature(header.author, event.sig, event.signed)
+                verify_signature(header.author, event.sig, event.message)
                 tails.append(i)
         now = now_ms()
         version = self.roster_version

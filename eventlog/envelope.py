@@ -1,10 +1,14 @@
-"""The v1 event envelope and its strict canonical codec.
+"""The event envelope (format v2; v1 still read) and its strict canonical codec.
 
 Signed bytes are the canonical msgpack encoding of a fixed-order array::
 
     [v, vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, body]
 
-and an event travels and rests as ``[signed, sig]``. ``id = BLAKE2b-256(signed)``.
+and an event travels and rests as ``[signed, sig]``. In v2, ``id = BLAKE3-256(signed)`` and
+``sig = Ed25519(author, SIG_LABEL || id)``; in v1 (what earlier builds wrote) the id was
+BLAKE2b-256 and the signature covered the signed bytes themselves. Signing the id makes the
+cost of signing and verifying independent of the body's size: a 1 MiB chunk event cost
+3.7 ms to sign and 2.0 ms to verify here, a BLAKE3 pass costs 0.2 ms (design note 26).
 
 "Canonical" means the bytes are exactly what :func:`msgpack.packb` produces for the decoded
 value (shortest integer and length forms, ``bin`` for bytes). We check it by re-encoding and
@@ -19,6 +23,7 @@ from enum import IntEnum
 from typing import Any, Final, NamedTuple
 
 import msgpack
+from blake3 import blake3
 
 from eventlog.errors import (
     MalformedError,
@@ -29,7 +34,13 @@ from eventlog.errors import (
     WrongTypeError,
 )
 
-VERSION: Final = 1
+VERSION: Final = 2
+"""The format this build writes."""
+READABLE_VERSIONS: Final = (1, 2)
+SIG_LABEL: Final = b"shoal event v2 id:"
+"""What a v2 signature covers before the id. Nothing else a replica key signs starts with it
+(a sync handshake signs a bare 32-byte BLAKE2b transcript), so no other signature can pass
+for an event's."""
 MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
 """Largest wire event. File content is chunked well below this (blobs), so only a pathological
 single CRDT update could reach it."""
@@ -100,6 +111,11 @@ class Event(NamedTuple):
     id: bytes
     raw: bytes
 
+    @property
+    def message(self) -> bytes:
+        """What ``sig`` signs: the labelled id (v2), or the signed bytes (v1)."""
+        return SIG_LABEL + self.id if self.header.v >= 2 else self.signed
+
     def associated_data(self) -> bytes:
         """``header.associated_data()``, cut out of the signed bytes instead of re-encoded.
 
@@ -145,9 +161,17 @@ class Event(NamedTuple):
         return self.header.time_ms
 
 
-def event_id(signed: bytes) -> bytes:
-    """BLAKE2b-256 of the signed bytes: the event's name everywhere."""
+def event_id(signed: bytes, version: int = VERSION) -> bytes:
+    """The hash of the signed bytes (BLAKE3-256; BLAKE2b-256 in v1): the event's name
+    everywhere."""
+    if version >= 2:
+        return blake3(signed).digest()
     return hashlib.blake2b(signed, digest_size=32).digest()
+
+
+def signature_message(event_id: bytes) -> bytes:
+    """What the author signs for a v2 event with this id."""
+    return SIG_LABEL + event_id
 
 
 def encode_signed(header: Header, body: bytes) -> bytes:
@@ -159,11 +183,17 @@ def encode_wire(signed: bytes, sig: bytes) -> bytes:
     return msgpack.packb([signed, sig], use_bin_type=True)
 
 
-def assemble(header: Header, body: bytes, sig: bytes, signed: bytes | None = None) -> Event:
+def assemble(
+    header: Header,
+    body: bytes,
+    sig: bytes,
+    signed: bytes | None = None,
+    id_: bytes | None = None,
+) -> Event:
     """Build an Event from parts we produced ourselves (no parsing needed)."""
     signed = signed if signed is not None else encode_signed(header, body)
-    raw = encode_wire(signed, sig)
-    return Event(header, body, signed, sig, event_id(signed), raw)
+    id_ = id_ if id_ is not None else event_id(signed, header.v)
+    return Event(header, body, signed, sig, id_, encode_wire(signed, sig))
 
 
 def _unpack(data: bytes, what: str) -> Any:
@@ -233,8 +263,10 @@ def decode_event(raw: bytes) -> Event:
     if type(fields) is not list or not fields:
         raise WrongTypeError("signed bytes: expected an array")
     version = _uint(fields[0], "v")
-    if version != VERSION:
-        raise UnknownVersionError(f"event format version {version} (this build speaks {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise UnknownVersionError(
+            f"event format version {version} (this build reads {READABLE_VERSIONS})"
+        )
     if len(fields) != FIELD_COUNT:
         raise WrongTypeError(f"signed bytes: expected {FIELD_COUNT} fields, got {len(fields)}")
     vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, body = fields[1:]
@@ -265,14 +297,22 @@ def decode_event(raw: bytes) -> Event:
     header = Header(vault, author, seq, prev, lamport, time_ms, epoch, kind, nonce, version)
     # The outer array holds two byte strings, each with one shortest header, and unpacking
     # consumed every byte: it is canonical exactly when its length is the shortest possible.
-    # Integers have same-length non-canonical forms (int16 for uint16), so the signed bytes
-    # are re-encoded from the decoded values.
+    # Integers have same-length non-canonical forms (int16 for uint16), so the header fields
+    # are re-encoded from the decoded values and compared; the body, a byte string, is
+    # canonical when its length header is the shortest, which the total length says (so a
+    # 1 MiB body is neither copied nor compared again).
     canonical = len(raw) == 1 + _bin_size(len(signed)) + _bin_size(SIG_BYTES)
-    if not canonical or msgpack.packb(fields, use_bin_type=True) != signed:
+    fields_encoded = msgpack.packb(fields[:-1], use_bin_type=True)  # a fixarray of 10
+    if (
+        not canonical
+        or signed[0] != 0x9B  # fixarray of 11
+        or len(signed) != len(fields_encoded) + _bin_size(len(body))
+        or signed[1 : len(fields_encoded)] != fields_encoded[1:]
+    ):
         raise NonCanonicalError("event: bytes are not the canonical encoding")
     if seq == 1 and prev != ZERO32:
         raise WrongTypeError("prev: must be zero for seq 1")
-    return Event(header, body, signed, sig, event_id(signed), raw)
+    return Event(header, body, signed, sig, event_id(signed, version), raw)
 
 
 def decode_stored(raw: bytes, event_id: bytes) -> Event:

@@ -57,7 +57,7 @@ def _event_problems(
     genesis = event.kind == Kind.GENESIS and event.vault == ZERO32 and event.id == vault_id
     if event.vault != vault_id and not genesis:
         yield "belongs to another vault"
-    if row.anchor and not signature_ok(event.author, event.sig, event.signed):
+    if row.anchor and not signature_ok(event.author, event.sig, event.message):
         yield "signature does not verify (and we serve batches ending at this event)"
     expected_prev = ZERO32 if prev is None else prev.id
     if event.prev != expected_prev:
@@ -76,7 +76,7 @@ def _signed(row: StoredEvent) -> bool:
         event = decode_event(row.raw)
     except DecodeError:
         return False
-    return signature_ok(event.author, event.sig, event.signed)
+    return signature_ok(event.author, event.sig, event.message)
 
 
 def _unvouched(rows: list[StoredEvent]) -> list[Problem]:

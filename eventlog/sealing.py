@@ -19,7 +19,7 @@ from eventlog.crypto import (
     open_sealed,
     seal,
 )
-from eventlog.envelope import Event, Header, assemble, encode_signed
+from eventlog.envelope import Event, Header, assemble, encode_signed, event_id, signature_message
 from eventlog.errors import MissingKeyError
 from eventlog.padding import pad, unpad
 from eventlog.payload import Payload, decode_payload, encode_payload
@@ -109,4 +109,5 @@ def author_event(
         else plaintext
     )
     signed = encode_signed(header, body)
-    return assemble(header, body, signer.sign(signed), signed)
+    id_ = event_id(signed)
+    return assemble(header, body, signer.sign(signature_message(id_)), signed, id_)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from eventlog.database import Database, connect, connect_readonly, out_of_space
-from eventlog.envelope import Event
+from eventlog.envelope import Event, decode_stored
 from eventlog.errors import AmbiguousError, NotFoundError, StorageError
 from eventlog.membership import Member
 from eventlog.migrate import check_current, migrate
@@ -49,6 +49,11 @@ class StoredEvent(NamedTuple):
     raw: bytes
     anchor: bool
     """Its own signature was checked (see migration 0002)."""
+
+    def decoded(self) -> Event:
+        """The event, without the strict decode's re-hash and canonical re-encoding: it
+        passed both before it was stored (a 1 MiB chunk's hash is ~1.6 ms here)."""
+        return decode_stored(self.raw, self.id)
 
 
 _EVENT_COLUMNS: Final = "rowid, author, seq, id, lamport, time_ms, kind, epoch, raw, anchor"

@@ -72,7 +72,7 @@ async def backup_report(replica: Replica, url: str) -> list[AuthorBackup]:
             row.failed.append(f"seq {seq}: relay answered with another place")
         elif ours is not None and ours.id != event.id:
             row.failed.append(f"seq {seq}: relay's event differs from ours")
-        elif ours is None and not signature_ok(event.author, event.sig, event.signed):
+        elif ours is None and not signature_ok(event.author, event.sig, event.message):
             row.failed.append(f"seq {seq}: signature does not verify")
         else:
             row.proven += 1  # same id as our event: the relay holds the authentic bytes

@@ -94,7 +94,7 @@ def show_event(replica: Replica, row: StoredEvent) -> dict[str, Any]:
         body_bytes=len(event.body),
         size=len(row.raw),
         id_matches=event.id == row.id,
-        signature="valid" if signature_ok(event.author, event.sig, event.signed) else "INVALID",
+        signature="valid" if signature_ok(event.author, event.sig, event.message) else "INVALID",
     )
     try:
         body = replica.engine.keyring.open_body(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import sqlite3
 import threading
@@ -9,13 +10,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from blake3 import blake3
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from eventlog import database as database_module
 from eventlog.accept import Log, Status, now_ms
-from eventlog.crypto import KxKey, SigningKey
-from eventlog.envelope import ZERO32, Event, Kind, assemble, decode_event, encode_signed
+from eventlog.crypto import KxKey, SigningKey, new_salt, seal
+from eventlog.envelope import (
+    SIG_LABEL,
+    ZERO32,
+    Event,
+    Header,
+    Kind,
+    assemble,
+    decode_event,
+    encode_signed,
+)
 from eventlog.errors import (
     BadSignatureError,
     BrokenChainError,
@@ -26,6 +37,8 @@ from eventlog.errors import (
     WrongVaultError,
 )
 from eventlog.membership import member_add_payload
+from eventlog.padding import pad
+from eventlog.payload import encode_payload
 from eventlog.sealing import Keyring, Position, author_event
 from eventlog.store import Store
 from replicas.vault import Replica
@@ -77,13 +90,63 @@ def test_bad_signature_refused(make_replica, tmp_path) -> None:
     a = make_replica("a")
     signer, other = member_signer(a, tmp_path)
     event = note(a, signer, other.log.next_position(signer.public))
-    forged = assemble(event.header, event.body, SigningKey.generate().sign(event.signed))
+    forged = assemble(event.header, event.body, SigningKey.generate().sign(event.message))
     with pytest.raises(BadSignatureError):
         a.log.accept(forged.raw)
     body_swap = encode_signed(event.header, event.body + b"x")
     with pytest.raises(BadSignatureError):
         a.log.accept(assemble(event.header, event.body + b"x", event.sig, body_swap).raw)
     assert a.store.event_at(signer.public, 1) is None
+
+
+def v1_note(replica: Replica, signer: SigningKey, position: Position, text: str) -> Event:
+    """A data event as builds before format v2 wrote it: the signature covers the signed
+    bytes, and the id is their BLAKE2b-256 (made here from our real sealing primitives)."""
+    header = Header(
+        replica.log.vault_id, signer.public, position.seq, position.prev, position.lamport,
+        now_ms(), 1, Kind.DATA, new_salt(), v=1,
+    )  # fmt: skip
+    plaintext = pad(encode_payload({"t": "note", "text": text}))
+    body = seal(replica.engine.keyring.events_key(1), header.nonce, plaintext,
+                header.associated_data())  # fmt: skip
+    signed = encode_signed(header, body)
+    event = assemble(header, body, signer.sign(signed), signed)
+    assert event.id == hashlib.blake2b(signed, digest_size=32).digest()
+    return event
+
+
+def test_a_v1_log_is_still_accepted_verified_and_read(make_replica, tmp_path) -> None:
+    """Vaults written before v2 stay readable, and a log may go on in v2 after them: the
+    v2 event's prev is the v1 event's BLAKE2b id, and one signature covers both."""
+    a = make_replica("a")
+    signer, other = member_signer(a, tmp_path)
+    old = v1_note(a, signer, other.log.next_position(signer.public), "written by v1")
+    new = note(a, signer, Position(old.seq + 1, old.id, old.lamport + 1), "written by v2")
+    assert (old.header.v, new.header.v) == (1, 2)
+    assert decode_event(new.raw).message == SIG_LABEL + blake3(new.signed).digest()
+    a.log.accept_batch([old.raw, new.raw])
+    for event, text in ((old, "written by v1"), (new, "written by v2")):
+        row = a.store.event_at(signer.public, event.seq)
+        assert row is not None and row.id == event.id
+        assert a.engine.keyring.open_payload(row.decoded())["text"] == text
+
+
+def test_a_signature_counts_only_for_its_format(make_replica, tmp_path) -> None:
+    """A v1 event signed over its labelled id, or a v2 event signed over its bytes, is
+    refused: the format version decides what the signature must cover."""
+    a = make_replica("a")
+    signer, other = member_signer(a, tmp_path)
+    position = other.log.next_position(signer.public)
+    old = v1_note(a, signer, position, "v1")
+    new = note(a, signer, position, "v2")
+    swapped = [
+        assemble(old.header, old.body, signer.sign(SIG_LABEL + old.id), old.signed),
+        assemble(new.header, new.body, signer.sign(new.signed), new.signed),
+    ]
+    for event in swapped:
+        with pytest.raises(BadSignatureError):
+            a.log.accept(event.raw)
+    assert a.store.event_at(signer.public, position.seq) is None
 
 
 def test_non_member_waits_then_joins(make_replica, tmp_path) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from eventlog.crypto import SigningKey
 from eventlog.envelope import (
     MAX_EVENT_BYTES,
+    READABLE_VERSIONS,
     VERSION,
     Header,
     assemble,
@@ -45,13 +46,14 @@ headers = st.builds(
     epoch=st.integers(min_value=0, max_value=2**32),
     kind=st.integers(min_value=0, max_value=255),
     nonce=st.binary(max_size=64),
-    v=st.just(VERSION),
+    v=st.sampled_from(READABLE_VERSIONS),
 ).filter(lambda h: h.seq != 1 or h.prev == bytes(32))
 
 
 def make(header: Header, body: bytes) -> bytes:
-    signed = encode_signed(header, body)
-    return assemble(header, body, KEY.sign(signed), signed).raw
+    """A correctly signed event of either format (``Event.message`` picks what is signed)."""
+    unsigned = assemble(header, body, bytes(64))
+    return assemble(header, body, KEY.sign(unsigned.message), unsigned.signed).raw
 
 
 @given(headers, st.binary(max_size=2048))
@@ -197,9 +199,9 @@ def test_seq_one_needs_zero_prev() -> None:
 
 def test_unknown_version_rejected() -> None:
     with pytest.raises(UnknownVersionError):
-        decode_event(wire(fields(v=2)))
+        decode_event(wire(fields(v=VERSION + 1)))
     with pytest.raises(UnknownVersionError):
-        decode_event(wire([2, b"future", b"format"]))
+        decode_event(wire([VERSION + 1, b"future", b"format"]))
 
 
 def test_wrong_arity_rejected() -> None:
@@ -244,6 +246,25 @@ def test_every_longer_outer_form_is_non_canonical(header: Header, body: bytes, f
     assert msgpack.unpackb(raw) == [signed, sig]
     with pytest.raises(NonCanonicalError):
         decode_event(raw)
+
+
+@given(headers, st.binary(max_size=300), st.sampled_from(["array16", "array32", "bin16", "bin32"]))
+def test_every_longer_signed_form_is_non_canonical(header: Header, body: bytes, form: str) -> None:
+    """The signed bytes' array and body headers are checked by length too (the body is
+    neither copied nor compared again): a longer form of either is refused."""
+    fields_part = msgpack.packb(header.fields(), use_bin_type=True)[1:]
+    array = {"array16": b"\xdc\x00\x0b", "array32": b"\xdd\x00\x00\x00\x0b"}.get(form, b"\x9b")
+    sizes = {"bin16": (b"\xc5", 2), "bin32": (b"\xc6", 4)}
+    if form in sizes:
+        tag, width = sizes[form]
+        assume(len(body) < 1 << (8 * width // 2))  # else that form is the canonical one
+        body_part = tag + len(body).to_bytes(width, "big") + body
+    else:
+        body_part = msgpack.packb(body, use_bin_type=True)
+    signed = array + fields_part + body_part
+    assert msgpack.unpackb(signed) == [*header.fields(), body]
+    with pytest.raises(NonCanonicalError):
+        decode_event(encode_wire(signed, KEY.sign(signed)))
 
 
 def test_map_instead_of_array_rejected() -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import files
-from engine.blobs import CHUNK_MAX, CHUNK_MIN, cut
+from engine.blobs import CHUNK_MAX, CHUNK_MIN, BlobKeys, cut
 from engine.ingest import FileWriter
 from eventlog.errors import NotFoundError
 from replicas.filesout import content, resolve_file
@@ -335,3 +335,26 @@ def test_a_merge_written_but_not_noted_is_not_applied_twice(
     doc = resolve_file(a, "t.txt")
     assert str(a.engine.open(doc).body) == "one\ntwo\n"  # not "one\ntwo\ntwo\n"
     assert (fa.root / "t.txt").read_text() == "one\ntwo\n"
+
+
+def test_blob_hashes_follow_the_vaults_founding_format(make_replica) -> None:
+    """A vault founded in format v2 addresses chunks with keyed BLAKE3, an older one keeps
+    keyed BLAKE2b (so its addresses and deduplication survive the upgrade); in both, the
+    streamed content hash is the hash of the whole."""
+    replica = make_replica("a")
+    assert replica.log.vault_format() == 2
+    pieces = [b"", os.urandom(5000), b"x" * 70_000, os.urandom(3)]
+    data = b"".join(pieces)
+    ids = set()
+    for vault_format in (1, 2):
+        keys = BlobKeys(replica.engine.keyring, vault_format)
+        hasher = keys.content_hasher()
+        for piece in pieces:
+            hasher.update(piece)
+        assert hasher.digest() == keys.content_hash(data)
+        ids |= {keys.chunk_id(data), keys.content_hash(data)}
+    assert len(ids) == 4  # two formats, two purposes: four different keyed hashes
+    writer = FileWriter(replica.engine)
+    writer.put("f.bin", io.BytesIO(data), mtime_ms=0)
+    chunk = BlobKeys(replica.engine.keyring, 2).chunk_id(data)
+    assert files.has_chunk(replica.store, chunk)  # the new vault stored it under BLAKE3

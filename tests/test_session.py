@@ -501,8 +501,8 @@ def _victim_batch(b: Replica, how: str, other: Replica) -> tuple[list[bytes], in
         header.kind,
         header.nonce,
     )
-    signed = encode_signed(forged, event.body)
-    raws[4] = assemble(forged, event.body, b.engine.signer.sign(signed), signed).raw
+    unsigned = assemble(forged, event.body, bytes(64))
+    raws[4] = assemble(forged, event.body, b.engine.signer.sign(unsigned.message)).raw
     return raws[:5], 4
 
 
