@@ -68,7 +68,7 @@ ACTIVE_NOTES = 32
 NOTE_EVENTS = 100
 BATCH = 1000
 TAIL = SNAPSHOT_EVERY - 1
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: events in format v2 (design note 26)
 RUNS = 5
 
 # --- the children (each runs in a fresh interpreter) --------------------------------------------

@@ -1,6 +1,6 @@
 """eventlog: the signed, encrypted, hash-chained log, and the rules for accepting events.
 
-Nouns: an *event* is one signed record ``[signed bytes, sig]`` whose id is the BLAKE2b-256 of
+Nouns: an *event* is one signed record ``[signed bytes, sig]`` whose id is the BLAKE3-256 of
 its signed bytes (``envelope``); a *log* is one author's events, seq 1, 2, 3, each naming the
 id of the one before; the *version vector* is how far we hold each log (``store`` heads); the
 *roster* is who may write, folded from public membership events (``membership``); an *epoch

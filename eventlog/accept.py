@@ -272,10 +272,11 @@ class Log:
         """Check and store a batch from a peer in one transaction, verifying by segment.
 
         Why one signature per segment suffices: each event's signed bytes contain ``prev``,
-        the BLAKE2b-256 id of the author's previous signed bytes. If the last event of a run
-        ``e_1 .. e_n`` (one author, consecutive seqs, each ``prev`` naming the id of the one
-        before) carries a valid signature, the author signed ``e_n``'s bytes, which fix
-        ``id(e_{n-1})``, which fixes ``e_{n-1}``'s bytes (a second preimage of BLAKE2b-256 is
+        the id (BLAKE3-256; BLAKE2b-256 in format v1) of the author's previous signed bytes.
+        If the last event of a run ``e_1 .. e_n`` (one author, consecutive seqs, each
+        ``prev`` naming the id of the one before) carries a valid signature, the author
+        signed ``id(e_n)`` (or, in v1, ``e_n``'s bytes), which fixes ``e_n``'s bytes, which
+        fix ``id(e_{n-1})``, which fixes ``e_{n-1}``'s bytes (a second preimage of the hash is
         infeasible), and so on down to ``e_1``: the author vouched for every event of the run.
         This is why Hypercore signs tree roots rather than blocks. The tail of each run is
         stored as an *anchor*; batches we serve end at anchors, so every peer can use the

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from tests.slow.conftest import SHOAL, Proc, Procs, scaled, shoal, shoal_json, wait_until
 from tests.slow.test_sync_processes import marker
@@ -94,6 +95,7 @@ def test_relay_store_holds_no_names_or_content(procs: Procs, tmp_path: Path) -> 
         assert planted not in stored
     assert hashlib.sha256(binary).digest() not in stored
     assert hashlib.blake2b(binary, digest_size=32).digest() not in stored
+    assert blake3(binary).digest() not in stored  # unkeyed: what chunk ids must not be
 
 
 def test_identical_files_are_stored_once_and_big_files_stream(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from eventlog.envelope import decode_event
 from eventlog.padding import padded_size
@@ -122,6 +123,7 @@ def test_the_relay_sees_no_names_ids_hashes_or_exact_sizes(procs: Procs, tmp_pat
             hashlib.sha256(content).digest(),
             hashlib.blake2b(content, digest_size=32).digest(),
             hashlib.blake2b(content).digest(),
+            blake3(content).digest(),
             hashlib.sha256(small).digest(),
             content[:64],
             content[-64:],
@@ -131,7 +133,7 @@ def test_the_relay_sees_no_names_ids_hashes_or_exact_sizes(procs: Procs, tmp_pat
         needles = (
             [t.encode() for t in text_planted]
             + binary_planted
-            + [x.hex().encode() for x in binary_planted[:4]]
+            + [x.hex().encode() for x in binary_planted[:5]]
             + [d.encode() for d in doc_ids]
         )
 
