@@ -4,7 +4,7 @@ Shoal: N small sealed data events appended through ``Log.append_local`` in a fre
 1,000 per transaction (``store.atomic()``), WAL + ``synchronous=FULL``.
 
 Limit, measured in the same run on the same N payloads: the raw work alone. ``author_event``
-(HKDF one-time key, ChaCha20-Poly1305 seal, canonical msgpack, Ed25519 sign, BLAKE2b id) for
+(HKDF one-time key, ChaCha20-Poly1305 seal, canonical msgpack, Ed25519 sign, BLAKE3 id) for
 each event, then one plain ``executemany`` of the batch into a scratch ``events`` table with
 the very same schema (made by the real migration), WAL + ``synchronous=FULL``, 1,000 rows per
 transaction. What shoal adds on top is the accept path's bookkeeping (duplicate and chain
