@@ -229,39 +229,45 @@ def test_non_canonical_outer_rejected() -> None:
         decode_event(outer)
 
 
-@given(headers, st.binary(max_size=300), st.sampled_from(["array16", "array32", "bin16", "bin32"]))
+LONGER_FORMS = st.sampled_from(["array16", "array32", "bin16", "bin32"])
+
+
+def array_header(form: str, count: int) -> bytes:
+    """An array header of ``count`` items: the fixarray, unless ``form`` asks for a longer one."""
+    longer = {
+        "array16": b"\xdc" + count.to_bytes(2, "big"),
+        "array32": b"\xdd" + count.to_bytes(4, "big"),
+    }
+    return longer.get(form, bytes([0x90 | count]))
+
+
+def bin_item(form: str, data: bytes) -> bytes:
+    """``data`` as msgpack bin: the shortest form, unless ``form`` asks for a longer one."""
+    sizes = {"bin16": (b"\xc5", 2), "bin32": (b"\xc6", 4)}
+    if form not in sizes:
+        return msgpack.packb(data, use_bin_type=True)
+    tag, width = sizes[form]
+    assume(len(data) < 1 << (8 * width // 2))  # else that form is the canonical one
+    return tag + len(data).to_bytes(width, "big") + data
+
+
+@given(headers, st.binary(max_size=300), LONGER_FORMS)
 def test_every_longer_outer_form_is_non_canonical(header: Header, body: bytes, form: str) -> None:
     """The outer check is by length: every other header form of the same values is longer."""
     signed = encode_signed(header, body)
     sig = KEY.sign(signed)
-    sizes = {"bin16": (b"\xc5", 2), "bin32": (b"\xc6", 4)}
-    array = {"array16": b"\xdc\x00\x02", "array32": b"\xdd\x00\x00\x00\x02"}.get(form, b"\x92")
-    if form in sizes:
-        tag, width = sizes[form]
-        assume(len(signed) < 1 << (8 * width // 2))  # else that form is the canonical one
-        signed_part = tag + len(signed).to_bytes(width, "big") + signed
-    else:
-        signed_part = msgpack.packb(signed, use_bin_type=True)
-    raw = array + signed_part + msgpack.packb(sig, use_bin_type=True)
+    raw = array_header(form, 2) + bin_item(form, signed) + msgpack.packb(sig, use_bin_type=True)
     assert msgpack.unpackb(raw) == [signed, sig]
     with pytest.raises(NonCanonicalError):
         decode_event(raw)
 
 
-@given(headers, st.binary(max_size=300), st.sampled_from(["array16", "array32", "bin16", "bin32"]))
+@given(headers, st.binary(max_size=300), LONGER_FORMS)
 def test_every_longer_signed_form_is_non_canonical(header: Header, body: bytes, form: str) -> None:
     """The signed bytes' array and body headers are checked by length too (the body is
     neither copied nor compared again): a longer form of either is refused."""
     fields_part = msgpack.packb(header.fields(), use_bin_type=True)[1:]
-    array = {"array16": b"\xdc\x00\x0b", "array32": b"\xdd\x00\x00\x00\x0b"}.get(form, b"\x9b")
-    sizes = {"bin16": (b"\xc5", 2), "bin32": (b"\xc6", 4)}
-    if form in sizes:
-        tag, width = sizes[form]
-        assume(len(body) < 1 << (8 * width // 2))  # else that form is the canonical one
-        body_part = tag + len(body).to_bytes(width, "big") + body
-    else:
-        body_part = msgpack.packb(body, use_bin_type=True)
-    signed = array + fields_part + body_part
+    signed = array_header(form, 11) + fields_part + bin_item(form, body)
     assert msgpack.unpackb(signed) == [*header.fields(), body]
     with pytest.raises(NonCanonicalError):
         decode_event(encode_wire(signed, KEY.sign(signed)))
