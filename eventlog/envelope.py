@@ -114,7 +114,7 @@ class Event(NamedTuple):
     @property
     def message(self) -> bytes:
         """What ``sig`` signs: the labelled id (v2), or the signed bytes (v1)."""
-        return SIG_LABEL + self.id if self.header.v >= 2 else self.signed
+        return signature_message(self.id) if self.header.v >= 2 else self.signed
 
     def associated_data(self) -> bytes:
         """``header.associated_data()``, cut out of the signed bytes instead of re-encoded.
