@@ -57,6 +57,7 @@ from replicas.relay import Relay, RelayPort, RelayVault
 from replicas.vault import Replica, init_vault, open_replica
 from tests.conftest import add_replica, all_raw
 from tests.test_session import Wire, bulk, documents, refusal, session, tampered, vv
+from transport import session as session_module
 from transport import ws as ws_module
 from transport.messages import MAX_FRAME_BYTES, CloseCode, ProtocolError, decode
 from transport.session import Session
@@ -383,8 +384,10 @@ def test_a_peer_that_stops_reading_while_we_send_is_closed_as_stalled(
     megabytes to push (what a TCP proxy that only shuts a dead upstream's client socket
     down does). The replica's send waits on a full socket buffer, where neither the
     session's ack timeout nor the reader notices anything: the send's own bound must end the
-    connection with TIMEOUT (``SEND_TIMEOUT_S``, 1 s here)."""
+    connection with TIMEOUT (``SEND_TIMEOUT_S``, 1 s here). Batches of 1 MiB: then the
+    window is well beyond what the socket buffers take, whatever the kernel grows them to."""
     monkeypatch.setattr(ws_module, "SEND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(session_module, "BATCH_TARGET_BYTES", 1024 * 1024)
     a = trio[0]
     relay, vault = in_process_relay(tmp_path, a)
     for i in range(40):

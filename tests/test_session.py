@@ -604,6 +604,30 @@ def test_a_peer_that_never_acks_gets_at_most_window_batches(trio: list[Replica])
     refusal(wire.x.check_timeouts, CloseCode.TIMEOUT)
 
 
+def test_a_slow_link_that_keeps_acking_is_not_timed_out(trio: list[Replica]) -> None:
+    """The ACK timeout counts from the last progress: a peer that takes 50 s per batch keeps
+    a full window in flight for minutes and is kept, and dropped 60 s after it stops."""
+    a, b, _ = trio
+    bulk(a, (WINDOW + 6) * BATCH_TARGET_EVENTS)
+    clock = Clock()
+    wire = Wire(session(a, True, clock=clock), session(b, False, clock=clock))
+    _, have_y = wire.handshake_only()
+    in_flight = [m.batch for m in map(decode, wire.x.receive(have_y[0])) if isinstance(m, Events)]
+    assert len(in_flight) == WINDOW
+    started = clock.now
+    for _ in range(6):  # one batch per 50 s: 300 s with a full window in flight
+        clock.now += 50
+        wire.x.check_timeouts()
+        frames = wire.x.receive(encode(Ack(in_flight.pop(0))))
+        in_flight += [m.batch for m in map(decode, frames) if isinstance(m, Events)]
+        assert len(in_flight) == WINDOW
+    assert clock.now - started == 300
+    clock.now += ACK_TIMEOUT_S - 1
+    wire.x.check_timeouts()
+    clock.now += 2
+    refusal(wire.x.check_timeouts, CloseCode.TIMEOUT)
+
+
 def test_one_ack_covers_every_batch_before_it(trio: list[Replica]) -> None:
     """A receiver acks every ACK_EVERY batches, or once ACK_DELAY_S passed, or when the
     sender says it is caught up; an ACK frees every batch up to the one it names."""
