@@ -153,6 +153,9 @@ class Folder:
         self.incomplete: set[bytes] = set()
         """Files the mirror could not write yet because some chunks have not arrived."""
         self._just_written: dict[Path, tuple[int, int]] = {}
+        self._resolved: dict[Path, Path] = {}
+        """Directories resolved for ``local_path`` during one batch of mirror writes (a
+        fresh resolve per file was a tenth of the mirror's time); forgotten after it."""
         """Files the mirror wrote and their ``(size, mtime_ns)``: the watcher's echo of each is
         dropped without touching the database. Any later edit changes the pair, so it is
         still seen."""
@@ -242,7 +245,9 @@ class Folder:
             self.report(f"not written {path}: a name is longer than this system allows")
             return None
         target = self.root / path
-        parent = target.parent.resolve()
+        parent = self._resolved.get(target.parent)
+        if parent is None:
+            parent = self._resolved[target.parent] = target.parent.resolve()
         if parent != self.root and self.root not in parent.parents:
             self.report(f"not written {path}: a directory on its way is a link out of the folder")
             return None
@@ -545,6 +550,7 @@ class Folder:
             # write lock while files are written and synced.
             later: list[Callable[[], None]] = []
             wrote = 0
+            self._resolved.clear()  # links made since the last batch are seen
             self.replica.log.refresh()  # documents another process changed are reloaded
             for entry in entries[start : start + BATCH_FILES]:
                 try:

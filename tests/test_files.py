@@ -212,6 +212,32 @@ def test_mirror_materializes_and_follows_deletes(trio: list[Replica], tmp_path: 
     assert not [p for p in dst.root.rglob("*") if p.name.startswith(".shoal-tmp")]
 
 
+def test_the_mirror_never_writes_through_a_directory_linked_out_of_its_folder(
+    trio: list[Replica], tmp_path: Path
+) -> None:
+    """A directory in the mirror that is a symlink out of it (made by someone on B) does not
+    carry vault files out of the folder: they are reported, not written, and the rest is."""
+    a, b = trio[0], trio[1]
+    src, _ = folder(a, tmp_path / "src")
+    dst, reports = folder(b, tmp_path / "dst", mirror=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (dst.root / "linked").symlink_to(outside, target_is_directory=True)
+    for name in ("linked/a.bin", "linked/deeper/b.bin", "plain/c.bin"):
+        (src.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (src.root / name).write_bytes(noise(3000, len(name)))
+    src.scan()
+    exchange(a, b)
+    assert dst.materialize(None) == 1
+    assert list(outside.rglob("*")) == []
+    assert (dst.root / "plain" / "c.bin").read_bytes() == noise(3000, len("plain/c.bin"))
+    refused = sorted(r for r in reports if "link out of the folder" in r)
+    assert refused == [
+        "not written linked/a.bin: a directory on its way is a link out of the folder",
+        "not written linked/deeper/b.bin: a directory on its way is a link out of the folder",
+    ]
+
+
 def test_the_echo_of_a_mirror_write_is_dropped_but_an_edit_after_it_is_not(
     trio: list[Replica], tmp_path: Path
 ) -> None:
