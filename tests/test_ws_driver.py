@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,8 +15,9 @@ from replicas.relay import RelayPort
 from replicas.vault import Replica
 from tests.test_adversarial import in_process_relay, relay_session, sync_endpoint
 from tests.test_session import session
+from transport import ws as ws_module
 from transport.session import ACK_DELAY_S
-from transport.ws import connect, drive, server_socket, sync_url
+from transport.ws import MAX_INBOX, MAX_INBOX_BYTES, connect, drive, server_socket, sync_url
 
 
 async def until(condition: Callable[[], bool], within: float) -> None:
@@ -54,5 +57,43 @@ def test_a_lone_live_batch_is_acknowledged_once_the_ack_delay_passed(
             assert vault.log.store.event_count() == a.store.event_count()
             await ws.close()
             await driving
+
+    asyncio.run(run())
+
+
+def test_the_reader_stops_once_the_inbox_holds_its_bytes() -> None:
+    """A peer streams 4 MiB frames faster than the session takes them: the reader leaves the
+    socket unread once ``MAX_INBOX_BYTES`` wait (long before ``MAX_INBOX`` frames), and reads
+    on when the loop has made room."""
+    frame, count = os.urandom(4 * 1024 * 1024), 10
+    assert count < MAX_INBOX and count * len(frame) > 2 * MAX_INBOX_BYTES
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = server_socket()
+        await ws.prepare(request)
+        for _ in range(count):
+            await ws.send_bytes(frame)
+        await ws.receive()  # until the client closes
+        return ws
+
+    async def run() -> None:
+        async with sync_endpoint(handle) as url, aiohttp.ClientSession() as http:
+            ws = await connect(http, sync_url(url, bytes(32)))
+            inbox: deque[aiohttp.WSMessage] = deque()
+            wake, room = asyncio.Event(), asyncio.Event()
+            reader = asyncio.ensure_future(ws_module._read(ws, inbox, wake, room))
+            await until(lambda: len(inbox) * len(frame) >= MAX_INBOX_BYTES, 10)
+            await asyncio.sleep(0.3)  # time enough to read every frame, were it allowed to
+            assert len(inbox) * len(frame) == MAX_INBOX_BYTES  # 4 frames, then it waits
+            received = 0
+            while received < count:  # the loop's part: drain, then make room
+                await until(lambda: bool(inbox), 10)
+                received += len(inbox)
+                assert all(m.data == frame for m in inbox)
+                inbox.clear()
+                room.set()
+            assert received == count
+            reader.cancel()
+            await ws.close()
 
     asyncio.run(run())

@@ -31,7 +31,10 @@ SEND_TIMEOUT_S: Final = ACK_TIMEOUT_S
 """A frame the peer's socket has not taken in this long: the peer stalls (code TIMEOUT)."""
 CLOSE_TIMEOUT_S: Final = 5.0
 MAX_INBOX: Final = 16
-"""Frames read ahead of the session at most (then the socket is left unread)."""
+"""Frames read ahead of the session at most (then the socket is left unread)..."""
+MAX_INBOX_BYTES: Final = 16 * 1024 * 1024
+"""...and bytes: 16 batches of big events would be 64 MiB per connection (one frame of
+``MAX_FRAME_BYTES`` is still taken whole)."""
 _LAST_MESSAGES: Final = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -98,7 +101,7 @@ async def _loop(
     it), so waiting costs one ``Event.wait`` per round instead of an ``asyncio.wait`` over
     fresh tasks — on a relay with dozens of connections that bookkeeping was most of the
     time spent per delivered event. The queue is bounded: the reader stops reading (and TCP
-    pushes back on the peer) while ``MAX_INBOX`` frames wait.
+    pushes back on the peer) while ``MAX_INBOX`` frames or ``MAX_INBOX_BYTES`` wait.
     """
     wake = changed if changed is not None else asyncio.Event()
     inbox: deque[aiohttp.WSMessage] = deque()
@@ -235,11 +238,15 @@ async def _read(
             wake.set()
             if message.type in _LAST_MESSAGES:
                 return
-            if len(inbox) >= MAX_INBOX:
+            if len(inbox) >= MAX_INBOX or _queued_bytes(inbox) >= MAX_INBOX_BYTES:
                 room.clear()
                 await room.wait()
     finally:
         wake.set()
+
+
+def _queued_bytes(inbox: deque[aiohttp.WSMessage]) -> int:
+    return sum(len(m.data) for m in inbox if type(m.data) is bytes)
 
 
 def _peer(session: Session) -> str:
