@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from engine import files
 from engine.ingest import FileWriter, Put
@@ -636,11 +636,14 @@ class Folder:
         return True
 
     def _write(self, target: Path, data: bytes | None, found: files.FileVersion) -> None:
-        """Through a temporary file and an atomic rename: readers never see half a file."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+        """Through a temporary file and an atomic rename: readers never see half a file.
+
+        The directory is made only when the file cannot be created without it, and the
+        temporary file is removed only if it was not renamed: two system calls per file that
+        were a twentieth of a mirror of small files."""
         temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
         try:
-            with open(temp, "wb") as out:
+            with _create(temp) as out:
                 if data is not None:
                     out.write(data)
                 else:
@@ -649,8 +652,9 @@ class Folder:
             if data is None:  # bytes as they were: keep their mtime (text is a merge: now)
                 os.utime(temp, ns=(found.mtime_ms * 1_000_000, found.mtime_ms * 1_000_000))
             os.replace(temp, target)
-        finally:
+        except BaseException:
             temp.unlink(missing_ok=True)
+            raise
 
     def _remove_deleted(self, old_path: str | None, later: list[Callable[[], None]]) -> bool:
         if old_path is None:
@@ -665,3 +669,12 @@ class Folder:
     def _problem(self, result: ScanResult, line: str) -> None:
         result.problems.append(line)
         self.report(line)
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file open for writing; its directory is made only if it is missing."""
+    try:
+        return open(path, "wb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "wb")
