@@ -402,10 +402,10 @@ class Engine:
         """
         applied = 0
         while True:
-            rows = self.store.events_after(self.applied_upto(), CATCH_UP_ROWS)
+            rows = self.store.raws_after(self.applied_upto(), CATCH_UP_ROWS)
             if not rows:
                 return applied
-            opened = [self._open_stored(row.rowid, row.raw, row.id) for row in rows]
+            opened = [self._open_stored(*row) for row in rows]
             with self.store.atomic():
                 upto = self.applied_upto()
                 applied += self._apply_opened([o for o in opened if o[0].rowid > upto])
@@ -422,10 +422,14 @@ class Engine:
         self, rowid: int, raw: bytes, event_id: bytes
     ) -> tuple[Accepted, Payload | None]:
         """A stored event and, for a data event we can open, its payload (None otherwise:
-        ``_apply`` then opens it itself and notes why it cannot)."""
+        ``_apply`` then opens it itself and notes why it cannot).
+
+        Whether the event is revoked is not asked here but where it is applied, inside the
+        applying transaction (``_apply_opened``, ``_apply``), which sees any removal another
+        process stored meanwhile; a revoked event's payload is opened and dropped there."""
         event = decode_stored(raw, event_id)
         payload = None
-        if event.kind == Kind.DATA and not self.log.revoked(event.author, event.seq):
+        if event.kind == Kind.DATA:
             try:
                 payload = self.keyring.open_payload(event)
             except (IntegrityError, DecodeError):
@@ -524,12 +528,12 @@ class Engine:
         """
         upto = self.applied_upto()
         while upto < rowid - 1:
-            rows = [r for r in self.store.events_after(upto, CATCH_UP_ROWS) if r.rowid < rowid]
+            rows = [r for r in self.store.raws_after(upto, CATCH_UP_ROWS) if r[0] < rowid]
             if not rows:
                 return
             for row in rows:
-                self._apply(*self._open_stored(row.rowid, row.raw, row.id), None)
-            upto = rows[-1].rowid
+                self._apply(*self._open_stored(*row), None)
+            upto = rows[-1][0]
 
     def _refuse_update(self, doc_id: bytes, rowid: int, exc: Exception) -> None:
         """A signed ``doc.update`` whose bytes pycrdt cannot apply (a buggy or hostile member).

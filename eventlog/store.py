@@ -421,6 +421,16 @@ class Store(Database):
         )
         return [_row(r) for r in rows]
 
+    def raws_after(self, rowid: int, limit: int = 1000) -> list[tuple[int, bytes, bytes]]:
+        """``(rowid, raw, id)`` of the events after ``rowid``, in arrival order: all that
+        applying them needs (a catch-up after a bulk sync reads every event once more, and a
+        full row object per event was a tenth of that)."""
+        rows = self.query_all(
+            "SELECT rowid, raw, id FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        )
+        return [(rowid, bytes(raw), bytes(event_id)) for rowid, raw, event_id in rows]
+
     def bytes_held(self) -> int:
         """Bytes of stored and pending events: what a relay's quota counts."""
         if self._event_bytes is None:

@@ -103,6 +103,29 @@ def test_removed_device_loses_the_new_epoch_and_its_later_events(
     assert "concurrently" not in str(c.engine.open(doc).body)  # c rebuilt without it, too
 
 
+def test_a_catch_up_does_not_apply_what_a_removal_revoked(trio: list[Replica]) -> None:
+    """A bulk pull stores first and applies later (``catch_up``, as the apply helper does).
+    A removed device's record stored before the removal that revokes it must come out of
+    the catch-up marked revoked, not applied — decided inside the applying transaction."""
+    a, b, c = trio
+    sync(a, c)
+    c.engine.set_profile("c")
+    sync(c, a)
+    cutoff = c.log.head(c.engine.me)
+    assert cutoff is not None
+    late = c.engine.append_record({"t": "test.note", "text": "written after the cutoff"})
+    remove_device(a, c.engine.me.hex()[:10])
+    outcome = b.log.accept_batch([*all_raw(c), *all_raw(a)])  # stored, not yet applied
+    late_id = decode_event(last_event(c)).id
+    assert late_id in {x.event.id for x in outcome.accepted}  # stored before its removal
+    assert b.log.revoked(c.engine.me, late.event.seq)
+    b.engine.catch_up()
+    row = b.store.event_by_id(late_id)
+    assert row is not None
+    note = b.store.query_one("SELECT note FROM event_index WHERE rowid = ?", (row.rowid,))
+    assert note is not None and str(note[0]).startswith("revoked")
+
+
 def test_the_relay_refuses_a_removed_device(trio: list[Replica], tmp_path: Path) -> None:
     a, b, c = trio
     relay = relay_log(tmp_path / "relay.db", a.log.vault_id)
