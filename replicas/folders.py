@@ -153,12 +153,13 @@ class Folder:
         self.incomplete: set[bytes] = set()
         """Files the mirror could not write yet because some chunks have not arrived."""
         self._just_written: dict[Path, tuple[int, int]] = {}
-        self._resolved: dict[Path, Path] = {}
-        """Directories resolved for ``local_path`` during one batch of mirror writes (a
-        fresh resolve per file was a tenth of the mirror's time); forgotten after it."""
         """Files the mirror wrote and their ``(size, mtime_ns)``: the watcher's echo of each is
         dropped without touching the database. Any later edit changes the pair, so it is
         still seen."""
+        self._resolved: dict[Path, Path] = {}
+        """Directories resolved for ``local_path`` in the current batch of mirror writes
+        (cleared when a batch starts; a fresh resolve per file was a tenth of the mirror's
+        time)."""
         self.store.rollback_hooks.append(self._just_written.clear)
 
     # --- bookkeeping --------------------------------------------------------------------------
