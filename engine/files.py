@@ -22,7 +22,7 @@ import difflib
 import posixpath
 import sqlite3
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -354,30 +354,59 @@ def has_chunk(store: Store, chunk_id: bytes) -> bool:
     return store.query_one("SELECT 1 FROM chunks WHERE id = ?", (chunk_id,)) is not None
 
 
+Location = tuple[int, int]
+"""Where a chunk's bytes are: the rowid of the event holding them and their inline slot
+(-1: the event is a ``blob.chunk``)."""
+_LOCATE_BATCH: Final = 500
+"""Chunk ids per lookup query (SQLite allows 999 parameters in its oldest builds)."""
+
+
+def chunk_locations(store: Store, chunk_ids: Iterable[bytes]) -> dict[bytes, Location]:
+    """Where each chunk we hold is, in one query per ``_LOCATE_BATCH`` ids; a chunk that
+    has not arrived is absent from the result."""
+    wanted = list(dict.fromkeys(chunk_ids))
+    found: dict[bytes, Location] = {}
+    for start in range(0, len(wanted), _LOCATE_BATCH):
+        batch = wanted[start : start + _LOCATE_BATCH]
+        rows = store.query_all(
+            f"SELECT id, rowid, slot FROM chunks WHERE id IN ({','.join('?' * len(batch))})",
+            batch,
+        )
+        found.update((bytes(cid), (int(rowid), int(slot))) for cid, rowid, slot in rows)
+    return found
+
+
 def missing_chunks(store: Store, found: FileVersion) -> int:
-    return sum(1 for cid in set(found.chunks) if not has_chunk(store, cid))
+    return len(set(found.chunks) - chunk_locations(store, found.chunks).keys())
 
 
 # --- reading content ----------------------------------------------------------------------
 
 
-def iter_content(engine: Engine, found: FileVersion) -> Iterator[bytes]:
-    """The exact bytes of one version, a chunk at a time (bounded memory)."""
+def iter_content(
+    engine: Engine, found: FileVersion, where: dict[bytes, Location] | None = None
+) -> Iterator[bytes]:
+    """The exact bytes of one version, a chunk at a time (bounded memory).
+
+    ``where``: the chunks' locations, if the caller looked them up already.
+    """
     store = engine.store
+    where = chunk_locations(store, found.chunks) if where is None else where
     for chunk_id in found.chunks:
-        row = store.query_one("SELECT rowid, slot FROM chunks WHERE id = ?", (chunk_id,))
-        if row is None:
+        location = where.get(chunk_id)
+        if location is None:
             raise NotFoundError(
                 f"{found.path}: chunk {chunk_id[:6].hex()} has not arrived yet (sync first)"
             )
-        raw = store.event_by_rowid(int(row[0]))
+        rowid, slot = location
+        raw = store.event_by_rowid(rowid)
         if raw is None:
             raise NotFoundError(f"{found.path}: the event holding a chunk is gone")
         payload = engine.keyring.open_payload(raw.decoded())
-        if int(row[1]) < 0:
+        if slot < 0:
             yield field_bytes(payload, "data")
         else:
-            yield payload["inline"][int(row[1])][1]
+            yield payload["inline"][slot][1]
 
 
 def current_bytes(engine: Engine, doc_id: bytes) -> bytes:

@@ -134,11 +134,13 @@ class FileWriter:
                 assert entry is not None
                 merged = bytes(engine.open(entry.doc_id).doc.get_update())
                 return Put(entry.doc_id, path, content_hash, size, False, 0, merged, True)
+            new_doc = doc_id is None
             doc_id = doc_id or new_doc_id()
             state = None
             if text:
                 state = self._write_body(doc_id, path, kept.decode("utf-8"), base_state)
-            base = [head.event_id for head in files.heads(store, doc_id)]
+            # A document named just now has no versions to supersede.
+            base = [] if new_doc else [head.event_id for head in files.heads(store, doc_id)]
             engine.append_record(
                 files.put_payload(
                     doc_id,

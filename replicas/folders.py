@@ -72,6 +72,7 @@ STREAM_BYTES: Final = 8 * 1024 * 1024
 as they are cut."""
 
 Report = Callable[[str], None]
+_RECORD: Final = "path, doc, size, mtime_ns, hash, base"
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Folder:
 
     def _all_seen(self) -> dict[str, Seen]:
         rows = self.store.query_all(
-            "SELECT path, doc, size, mtime_ns, hash, base FROM folder_files WHERE root = ?",
+            f"SELECT {_RECORD} FROM folder_files WHERE root = ?",
             (self.key,),
         )
         return {
@@ -286,10 +287,18 @@ class Folder:
 
     # --- disk -> vault ------------------------------------------------------------------------
 
-    def ingest(self, local: Path, result: ScanResult, path: str | None = None) -> Put | None:
+    def ingest(
+        self,
+        local: Path,
+        result: ScanResult,
+        path: str | None = None,
+        records: dict[str, Seen] | None = None,
+    ) -> Put | None:
         """Bring one file's current content into the vault if it changed since last seen.
 
-        ``path``: its vault path, if the caller has it (``vault_paths``).
+        ``path``: its vault path, if the caller has it (``vault_paths``); ``records``: what
+        the folder knew of it, if the caller read that already (a path absent from it had no
+        record).
         """
         path = path or self.vault_path(local)
         if path is None:
@@ -306,7 +315,7 @@ class Folder:
             return None
         if not stat.S_ISREG(before.st_mode):
             return None
-        seen = self._seen(path)
+        seen = self._seen(path) if records is None else records.get(path)
         if seen and seen.size == before.st_size and seen.mtime_ns == before.st_mtime_ns:
             result.unchanged += 1
             return None
@@ -353,10 +362,11 @@ class Folder:
         progress: Callable[[int, int], None] | None = None,
         total: int = 0,
         paths: dict[Path, str] | None = None,
+        records: dict[str, Seen] | None = None,
     ) -> list[Put]:
         """Ingest files with one commit per batch (``batches``), so that a daemon storing
         received events on this home (another process) never waits for the write lock for a
-        whole big change.
+        whole big change. ``paths`` and ``records``: see ``ingest``.
 
         A file of ``STREAM_BYTES`` or more is ingested outside any transaction: each of its
         chunk events commits as it is cut, so the daemon sends the start of a big file while
@@ -366,7 +376,8 @@ class Folder:
         for batch, together in batches(found):
             with self.store.atomic() if together else contextlib.nullcontext():
                 for local, info in batch:
-                    put = self.ingest(local, result, paths.get(local) if paths else None)
+                    path = paths.get(local) if paths else None
+                    put = self.ingest(local, result, path, records)
                     if put is not None:
                         puts.append(put)
                     done += info.st_size
@@ -391,7 +402,7 @@ class Folder:
         store = self.store
         found = [item for item in present if item[0] in paths and item[0] not in renames]
         total = sum(info.st_size for _, info in found)
-        self.ingest_all(found, result, progress, total, paths)
+        self.ingest_all(found, result, progress, total, paths, known)
         with store.atomic():
             for path, seen in gone.items():
                 self._deleted(path, seen, result)
@@ -493,10 +504,11 @@ class Folder:
         paths = self.vault_paths(list(present), result)
         for known_path in paths.values():
             gone.pop(known_path, None)
+        records = {path: seen for path in paths.values() if (seen := self._seen(path))}
         fresh = [
             (local, info)
             for local, info in present.items()
-            if local in paths and self._seen(paths[local]) is None
+            if local in paths and paths[local] not in records
         ]
         renamed = self._match_renames(gone, fresh, result)
         todo = [
@@ -504,7 +516,7 @@ class Folder:
             for local, info in present.items()
             if local in paths and local not in renamed
         ]
-        puts = self.ingest_all(todo, result, paths=paths)
+        puts = self.ingest_all(todo, result, paths=paths, records=records)
         touched = [put.doc_id for put in puts if put.changed]
         if gone:
             with self.store.atomic():
@@ -574,24 +586,34 @@ class Folder:
         return written
 
     def _on_disk_unchanged(self, target: Path, seen: Seen | None) -> bool:
-        try:
-            info = target.lstat()
-        except FileNotFoundError:
-            return seen is None
-        return (
-            seen is not None
-            and stat.S_ISREG(info.st_mode)
-            and (info.st_size, info.st_mtime_ns) == (seen.size, seen.mtime_ns)
+        return _matches(_lstat(target), seen)
+
+    def _records(self, doc_id: bytes, path: str) -> tuple[tuple[str, Seen] | None, Seen | None]:
+        """In one query: where this folder last had the document (and what it knew of the
+        file there), and what it knows of the file now at ``path`` (maybe another
+        document's)."""
+        rows = self.store.query_all(  # two index searches (an OR made SQLite scan the folder)
+            f"SELECT {_RECORD} FROM folder_files INDEXED BY folder_files_by_doc"
+            f" WHERE root = ? AND doc = ? UNION ALL SELECT {_RECORD} FROM folder_files"
+            " WHERE root = ? AND path = ?",
+            (self.key, doc_id, self.key, path),
         )
+        by_doc = at_path = None
+        for row in rows:
+            base = None if row[5] is None else bytes(row[5])
+            seen = Seen(bytes(row[1]), int(row[2]), int(row[3]), bytes(row[4]), base)
+            if seen.doc_id == doc_id:
+                by_doc = (str(row[0]), seen)
+            if row[0] == path:
+                at_path = seen
+        return by_doc, at_path
 
     def _materialize_one(self, entry: files.FileEntry, later: list[Callable[[], None]]) -> bool:
         """Write one file if it needs it; what to record about it is appended to ``later``."""
         store = self.store
         self.incomplete.discard(entry.doc_id)
-        row = store.query_one(
-            "SELECT path FROM folder_files WHERE root = ? AND doc = ?", (self.key, entry.doc_id)
-        )
-        old_path = None if row is None else str(row[0])
+        record, seen = self._records(entry.doc_id, entry.path)
+        old_path = None if record is None else record[0]
         if entry.deleted:
             return self._remove_deleted(old_path, later)
         if files.entry_at_path(store, entry.path) != entry:
@@ -599,35 +621,37 @@ class Folder:
         target = self.local_path(entry.path)
         if target is None:
             return False
-        if old_path is not None and old_path != entry.path:
-            old_target = self.local_path(old_path)
-            if old_target is not None and self._on_disk_unchanged(old_target, self._seen(old_path)):
+        if record is not None and old_path != entry.path:
+            old_target = self.local_path(record[0])
+            if old_target is not None and self._on_disk_unchanged(old_target, record[1]):
                 old_target.unlink(missing_ok=True)
-            later.append(functools.partial(self._forget, old_path))
-        seen = self._seen(entry.path)
-        if target.exists() and not self._on_disk_unchanged(target, seen):
+            later.append(functools.partial(self._forget, record[0]))
+        on_disk = _lstat(target)
+        if on_disk is not None and not _matches(on_disk, seen):
             self.ingest(target, ScanResult())  # a local edit first: merge, never clobber
             fresh = files.file_entry(store, entry.doc_id)
             if fresh is None or fresh.deleted:
                 return False
             entry, seen = fresh, self._seen(entry.path)
         found = files.version(store, entry.rowid)
+        where = None
         if entry.text:
             live = self.replica.engine.open(entry.doc_id)
             data: bytes | None = str(live.body).encode("utf-8")
             base: bytes | None = bytes(live.doc.get_update())
             content_hash = self.writer.keys.content_hash(data)  # type: ignore[arg-type]
         else:
-            if files.missing_chunks(store, found):
+            where = files.chunk_locations(store, found.chunks)
+            if not where.keys() >= set(found.chunks):
                 self.incomplete.add(entry.doc_id)
                 return False  # the rest is still on its way; a later pass writes it
             data, base, content_hash = None, None, found.hash or b""
-        if seen is not None and seen.content_hash == content_hash and target.exists():
+        if seen is not None and seen.content_hash == content_hash and on_disk is not None:
             if seen.base != base:
                 seen.base = base
                 later.append(functools.partial(self._remember, entry.path, seen))
             return False
-        self._write(target, data, found)
+        self._write(target, data, found, where)
         info = target.lstat()
         if len(self._just_written) >= MAX_JUST_WRITTEN:  # echoes the watcher never delivered
             self._just_written.clear()
@@ -636,7 +660,13 @@ class Folder:
         later.append(functools.partial(self._remember, entry.path, seen))
         return True
 
-    def _write(self, target: Path, data: bytes | None, found: files.FileVersion) -> None:
+    def _write(
+        self,
+        target: Path,
+        data: bytes | None,
+        found: files.FileVersion,
+        where: dict[bytes, files.Location] | None = None,
+    ) -> None:
         """Through a temporary file and an atomic rename: readers never see half a file.
 
         The directory is made only when the file cannot be created without it, and the
@@ -648,7 +678,7 @@ class Folder:
                 if data is not None:
                     out.write(data)
                 else:
-                    for block in files.iter_content(self.replica.engine, found):
+                    for block in files.iter_content(self.replica.engine, found, where):
                         out.write(block)
             if data is None:  # bytes as they were: keep their mtime (text is a merge: now)
                 os.utime(temp, ns=(found.mtime_ms * 1_000_000, found.mtime_ms * 1_000_000))
@@ -670,6 +700,24 @@ class Folder:
     def _problem(self, result: ScanResult, line: str) -> None:
         result.problems.append(line)
         self.report(line)
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except FileNotFoundError:
+        return None
+
+
+def _matches(info: os.stat_result | None, seen: Seen | None) -> bool:
+    """The file on disk is the one the folder last recorded (absent, if it recorded none)."""
+    if info is None:
+        return seen is None
+    return (
+        seen is not None
+        and stat.S_ISREG(info.st_mode)
+        and (info.st_size, info.st_mtime_ns) == (seen.size, seen.mtime_ns)
+    )
 
 
 def _create(path: Path) -> BinaryIO:
