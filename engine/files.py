@@ -370,7 +370,7 @@ def chunk_locations(store: Store, chunk_ids: Iterable[bytes]) -> dict[bytes, Loc
         batch = wanted[start : start + _LOCATE_BATCH]
         rows = store.query_all(
             f"SELECT id, rowid, slot FROM chunks WHERE id IN ({','.join('?' * len(batch))})",
-            batch,
+            tuple(batch),
         )
         found.update((bytes(cid), (int(rowid), int(slot))) for cid, rowid, slot in rows)
     return found
