@@ -111,7 +111,7 @@ def one_time_key(purpose_key: bytes, salt: bytes) -> bytes:
     ).digest()
 
 
-def seal(purpose_key: bytes, salt: bytes, plaintext: bytes, associated: bytes) -> bytes:
+def seal(purpose_key: bytes, salt: bytes, plaintext: bytes | bytearray, associated: bytes) -> bytes:
     """Encrypt one body under the one-time key for ``salt`` (see the module docstring)."""
     one_time = one_time_key(purpose_key, salt)
     return ChaCha20Poly1305(one_time).encrypt(_ZERO_NONCE, plaintext, associated)

@@ -44,9 +44,14 @@ def padded_size(length: int) -> int:
     return max(length, min(padme(length), MAX_PADDED))
 
 
-def pad(payload: bytes) -> bytes:
-    framed = len(payload).to_bytes(PREFIX_BYTES, "big") + payload
-    return framed + bytes(padded_size(len(framed)) - len(framed))
+def pad(payload: bytes) -> bytearray:
+    """``length || payload || zeros`` in one buffer: one copy of the payload, not two (a
+    1 MiB chunk was copied to prepend the prefix, then again to append the zeros)."""
+    end = PREFIX_BYTES + len(payload)
+    framed = bytearray(padded_size(end))
+    framed[:PREFIX_BYTES] = len(payload).to_bytes(PREFIX_BYTES, "big")
+    framed[PREFIX_BYTES:end] = payload
+    return framed
 
 
 def unpad(plaintext: bytes) -> bytes:

@@ -18,13 +18,30 @@ from eventlog.crypto import (
     verify_signature,
     wrap_key,
 )
-from eventlog.errors import BadSignatureError, DecryptError
+from eventlog.errors import BadSignatureError, DecryptError, MalformedError
+from eventlog.padding import PREFIX_BYTES, pad, padded_size, unpad
 
 
 @given(st.binary(max_size=4096), st.binary(max_size=128))
 def test_seal_round_trip(plaintext: bytes, associated: bytes) -> None:
     key, salt = random_key(), new_salt()
     assert open_sealed(key, salt, seal(key, salt, plaintext, associated), associated) == plaintext
+
+
+@given(st.binary(max_size=70_000), st.data())
+def test_padding_round_trip_and_only_canonical_padding_opens(payload: bytes, data) -> None:
+    padded = bytes(pad(payload))
+    assert len(padded) == padded_size(PREFIX_BYTES + len(payload))
+    assert unpad(padded) == payload
+    end = PREFIX_BYTES + len(payload)
+    if end < len(padded):  # any non-zero byte in the padding is refused
+        spot = data.draw(st.integers(end, len(padded) - 1))
+        bad = bytearray(padded)
+        bad[spot] = data.draw(st.integers(1, 255))
+        with pytest.raises(MalformedError):
+            unpad(bytes(bad))
+    with pytest.raises(MalformedError):  # so is a body cut short or grown
+        unpad(padded + b"\x00" if len(padded) > end else padded[:-1])
 
 
 def test_seal_binds_key_salt_body_and_header() -> None:
