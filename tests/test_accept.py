@@ -356,31 +356,6 @@ def test_a_writer_gets_the_lock_another_process_held_once_it_is_free(tmp_path) -
         store.close()
 
 
-def test_a_new_database_gets_big_pages_and_an_old_one_keeps_its_own(tmp_path) -> None:
-    """Page size can only be chosen before a database has tables and WAL; a vault made by an
-    earlier build (4096-byte pages) must open and write as before."""
-    store = Store.open(tmp_path / "new.db", create=True)
-    try:
-        assert store.conn.execute("PRAGMA page_size").fetchone()[0] == database_module.PAGE_SIZE
-        store.conn.execute("INSERT INTO vault VALUES ('k', ?)", (b"\x00\x01",))
-        row = store.conn.execute("SELECT value, typeof(value) FROM vault WHERE key = 'k'")
-        assert row.fetchone() == (b"\x00\x01", "blob")  # bytes still bind as blobs
-    finally:
-        store.close()
-    with sqlite3.connect(tmp_path / "old.db") as old:
-        old.execute("PRAGMA page_size = 4096")
-        old.execute("CREATE TABLE t (a)")
-    store = Store.open(tmp_path / "old.db", create=True)
-    try:
-        assert store.conn.execute("PRAGMA page_size").fetchone()[0] == 4096
-        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        with store.atomic():
-            store.conn.execute("INSERT INTO vault VALUES ('k', x'01')")
-        assert store.get_fact("k") == b"\x01"
-    finally:
-        store.close()
-
-
 def test_a_lock_held_past_the_busy_timeout_is_a_typed_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(database_module, "BUSY_TIMEOUT_MS", 50)
     store = Store.open(tmp_path / "v.db", create=True)
