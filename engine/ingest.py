@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Final
 
@@ -90,8 +91,17 @@ class FileWriter:
         doc_id: bytes | None = None,
         base_state: bytes | None = None,
         mime: str | None = None,
+        still: Callable[[], None] | None = None,
     ) -> Put:
-        """Store the stream's bytes as the new version of ``path`` (or of ``doc_id``)."""
+        """Store the stream's bytes as the new version of ``path`` (or of ``doc_id``).
+
+        ``still`` is called once the last byte is read, before anything of the new version
+        is written; if it raises (the source changed or vanished while it was read), nothing
+        is written but the chunks already stored, which are sound content any version may
+        use. A check after the write would come too late: a torn version would be synced,
+        and a text file's torn content merged into its document, so that the next pass
+        would merge the same edits a second time.
+        """
         files.check_path(path)
         engine, store = self.engine, self.engine.store
         hasher = self.keys.content_hasher()
@@ -115,6 +125,8 @@ class FileWriter:
                 inline.append((len(refs) - 1, data))
             else:
                 engine.append_record(files.chunk_payload(chunk_id, data))
+        if still is not None:
+            still()
         content_hash = hasher.digest()
         text = size <= TEXT_MAX and is_text(bytes(kept))
         with store.atomic():

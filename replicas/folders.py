@@ -319,6 +319,12 @@ class Folder:
         if seen and seen.size == before.st_size and seen.mtime_ns == before.st_mtime_ns:
             result.unchanged += 1
             return None
+
+        def still() -> None:  # raises FileNotFoundError if it vanished
+            after = local.lstat()
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                raise _ChangedWhileReadError
+
         try:
             with open(local, "rb") as stream:
                 put = self.writer.put(
@@ -327,22 +333,22 @@ class Folder:
                     mtime_ms=before.st_mtime_ns // 1_000_000,
                     doc_id=seen.doc_id if seen else None,
                     base_state=seen.base if seen else None,
+                    still=still,
                 )
-            after = local.lstat()
         except FileNotFoundError:
             self._problem(result, f"skipped {local}: it vanished while being read")
             return None
+        except _ChangedWhileReadError:
+            self._problem(result, f"skipped {local}: it changed while being read (next pass)")
+            return None
         except OSError as exc:
             self._problem(result, f"skipped {local}: {exc.strerror or exc}")
-            return None
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            self._problem(result, f"skipped {local}: it changed while being read (next pass)")
             return None
         with self.store.atomic():  # the batch's transaction; its own for a file ingested alone
             self._remember(
                 path,
                 Seen(
-                    put.doc_id, after.st_size, after.st_mtime_ns, put.content_hash, put.base_state
+                    put.doc_id, before.st_size, before.st_mtime_ns, put.content_hash, put.base_state
                 ),
             )
         if put.changed:
@@ -700,6 +706,10 @@ class Folder:
     def _problem(self, result: ScanResult, line: str) -> None:
         result.problems.append(line)
         self.report(line)
+
+
+class _ChangedWhileReadError(Exception):
+    """A file's size or mtime moved while it was read (``Folder.ingest``)."""
 
 
 def _lstat(path: Path) -> os.stat_result | None:

@@ -300,6 +300,93 @@ def test_file_vanishing_or_unreadable_is_one_line_and_others_survive(
     assert {e.path for e in files.file_entries(a.store)} == {"fine.txt"}
 
 
+class _Disk:
+    """What the operating system does to a file while shoal reads it: ``open`` behaves as
+    the real one, except on the named path, where it refuses (``denied``), or opens the
+    real file and then lets another writer delete it (``vanishes``) or append ``more`` to
+    it once the first bytes were read (``grows``). Needed because tests run as root, for
+    whom no permission bit refuses, and because a real concurrent writer would be a race."""
+
+    def __init__(self, path: Path, what: str, more: bytes = b"more") -> None:
+        self.path, self.what, self.more = path, what, more
+        self.real = open  # the builtin, kept before it is patched
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        if Path(file) != self.path:
+            return self.real(file, mode, *args, **kwargs)
+        if self.what == "denied":
+            raise PermissionError(13, "Permission denied", str(file))
+        stream = self.real(file, mode, *args, **kwargs)
+        if self.what == "vanishes":
+            os.unlink(file)
+            return stream
+        disk = self
+
+        class Appended(io.BufferedReader):
+            def read(self, size: int | None = -1) -> bytes:
+                data = super().read(size)
+                with disk.real(file, "ab") as other:
+                    other.write(disk.more)
+                return data
+
+        stream.close()
+        return Appended(io.FileIO(file, "rb"))
+
+
+@pytest.mark.parametrize(
+    ("what", "line"),
+    [
+        ("denied", "Permission denied"),
+        ("grows", "it changed while being read (next pass)"),
+        ("vanishes", "it vanished while being read"),
+    ],
+)
+def test_a_file_refused_changed_or_gone_mid_read_is_one_line_and_others_survive(
+    make_replica: Callable[[str], Replica],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    what: str,
+    line: str,
+) -> None:
+    a = make_replica("a")
+    src, reports = folder(a, tmp_path / "src")
+    for name in ("a.txt", "b.bin", "c.txt"):
+        (src.root / name).write_bytes(name.encode() * 1000)
+    bad = src.root / "b.bin"
+    if what == "denied":
+        bad.chmod(0)  # refused for real when the tests do not run as root
+    monkeypatch.setattr("builtins.open", _Disk(bad, what))
+    result = src.scan()
+    monkeypatch.undo()
+    assert {e.path for e in files.file_entries(a.store)} == {"a.txt", "c.txt"}
+    assert [r for r in reports if "b.bin" in r] == [f"skipped {bad}: {line}"]
+    assert result.problems == [f"skipped {bad}: {line}"]
+    if what != "vanishes":  # the next pass, with the file readable and still, ingests it
+        bad.chmod(0o644)
+        src.scan()
+        assert current(a, "b.bin") == bad.read_bytes()
+
+
+def test_a_text_file_appended_to_while_read_is_merged_once(
+    make_replica: Callable[[str], Replica], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check that a file held still while it was read must come before its new
+    version is written: a torn read merged into the document, and then the whole file
+    merged against the old base on the next pass, doubled the torn part."""
+    a = make_replica("a")
+    src, _ = folder(a, tmp_path / "src")
+    notes = src.root / "notes.txt"
+    notes.write_text("line one\n")
+    src.scan()
+    notes.write_text("line one\nline 1.5\n")
+    monkeypatch.setattr("builtins.open", _Disk(notes, "grows", b"line two\n"))
+    assert src.scan().problems == [f"skipped {notes}: it changed while being read (next pass)"]
+    monkeypatch.undo()
+    src.scan()
+    assert notes.read_text() == "line one\nline 1.5\nline two\n"
+    assert current(a, "notes.txt") == notes.read_bytes()
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.binary(max_size=3 * CHUNK_MIN), st.integers(0, 3 * CHUNK_MIN), st.binary(max_size=999))
 def test_chunking_is_lossless_and_an_insert_moves_few_chunks(
