@@ -346,6 +346,26 @@ def heads(store: Store, doc_id: bytes) -> list[FileVersion]:
     return [v for v in versions(store, doc_id) if not v.superseded]
 
 
+def edit_bases(store: Store, doc_id: bytes, edited: bytes | None) -> list[bytes]:
+    """The versions a local change supersedes, given the content hash the change was made
+    to (``edited``; None: unknown).
+
+    Normally every head: the change was made to what the vault holds, or resolves its
+    conflict. But when the vault moved on before the folder saw it (a version arrived while
+    the file was being edited, or while shoal was stopped, and sync got in before the
+    scan), superseding the heads would silently bury that version. Then the change names
+    only the version it was made to, so it stands beside the newer one as a conflict: a
+    deterministic winner, both kept, ``shoal status`` reports it, and a deletion loses to
+    a live version (Syncthing's rule, too).
+    """
+    every = versions(store, doc_id)
+    current = [v for v in every if not v.superseded]
+    if edited is None or any(v.hash == edited for v in current):
+        return [v.event_id for v in current]
+    origin = [v for v in every if v.hash == edited and not v.deleted]
+    return [origin[-1].event_id] if origin else [v.event_id for v in current]
+
+
 def conflicts(store: Store) -> list[FileEntry]:
     return [e for e in file_entries(store, deleted=True) if e.conflict]
 

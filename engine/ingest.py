@@ -92,6 +92,7 @@ class FileWriter:
         base_state: bytes | None = None,
         mime: str | None = None,
         still: Callable[[], None] | None = None,
+        edited: bytes | None = None,
     ) -> Put:
         """Store the stream's bytes as the new version of ``path`` (or of ``doc_id``).
 
@@ -101,6 +102,9 @@ class FileWriter:
         use. A check after the write would come too late: a torn version would be synced,
         and a text file's torn content merged into its document, so that the next pass
         would merge the same edits a second time.
+
+        ``edited``: the content hash of what this change was made to, if known (a folder's
+        record of the file); see ``files.edit_bases``.
         """
         files.check_path(path)
         engine, store = self.engine, self.engine.store
@@ -152,7 +156,10 @@ class FileWriter:
             if text:
                 state = self._write_body(doc_id, path, kept.decode("utf-8"), base_state)
             # A document named just now has no versions to supersede.
-            base = [] if new_doc else [head.event_id for head in files.heads(store, doc_id)]
+            # A text change was merged into the document with every version it has seen,
+            # so it supersedes them all; bytes name what they were made to (edit_bases).
+            edited = None if text else edited
+            base = [] if new_doc else files.edit_bases(store, doc_id, edited)
             engine.append_record(
                 files.put_payload(
                     doc_id,
@@ -175,14 +182,16 @@ class FileWriter:
             engine.create_doc(posixpath.basename(path), doc_id=doc_id)
         return engine.merge_text(doc_id, text, base_state)
 
-    def delete(self, doc_id: bytes) -> bool:
-        """A tombstone for the file (its versions stay restorable); False if already gone."""
+    def delete(self, doc_id: bytes, edited: bytes | None = None) -> bool:
+        """A tombstone for the file (its versions stay restorable); False if already gone.
+
+        ``edited``: the content hash of what was deleted, if known (see ``put``)."""
         store = self.engine.store
         with store.atomic():
             entry = files.file_entry(store, doc_id)
             if entry is None or entry.deleted:
                 return False
-            base = [head.event_id for head in files.heads(store, doc_id)]
+            base = files.edit_bases(store, doc_id, edited)
             self.engine.append_record(files.delete_payload(doc_id, entry.path, base))
         return True
 

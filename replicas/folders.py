@@ -334,6 +334,7 @@ class Folder:
                     doc_id=seen.doc_id if seen else None,
                     base_state=seen.base if seen else None,
                     still=still,
+                    edited=seen.content_hash if seen else None,
                 )
         except FileNotFoundError:
             self._problem(result, f"skipped {local}: it vanished while being read")
@@ -471,7 +472,7 @@ class Folder:
         entry = files.file_entry(self.store, seen.doc_id)
         self._forget(path)
         if entry is not None and not entry.deleted and entry.path == path:
-            self.writer.delete(seen.doc_id)
+            self.writer.delete(seen.doc_id, seen.content_hash)
             result.deleted += 1
 
     def changed_paths(self, changes: Iterable[tuple[str, Path]]) -> ScanResult:
@@ -635,10 +636,14 @@ class Folder:
         on_disk = _lstat(target)
         if on_disk is not None and not _matches(on_disk, seen):
             self.ingest(target, ScanResult())  # a local edit first: merge, never clobber
+            seen = self._seen(entry.path)
+            if not self._on_disk_unchanged(target, seen):  # the edit could not be read
+                self.report(f"not written {entry.path}: changed here and not read yet (next pass)")
+                return False  # the watcher or the next scan ingests it, then it merges
             fresh = files.file_entry(store, entry.doc_id)
             if fresh is None or fresh.deleted:
                 return False
-            entry, seen = fresh, self._seen(entry.path)
+            entry = fresh
         found = files.version(store, entry.rowid)
         where = None
         if entry.text:

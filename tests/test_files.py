@@ -193,6 +193,54 @@ def test_binary_conflict_has_one_winner_everywhere(trio: list[Replica], tmp_path
     assert not [p for p in fa.root.iterdir() if p.name != "photo.jpg"]
 
 
+def test_an_edit_made_before_a_newer_version_arrived_is_a_conflict_not_an_overwrite(
+    trio: list[Replica], tmp_path: Path
+) -> None:
+    """B's file is changed while shoal is stopped; A's newer version reaches B's vault (sync
+    got in first) before B's folder is scanned. B's change was made to v1, so it must stand
+    beside A's v2 as a conflict, not bury it; a deletion made to v1 loses to v2."""
+    a, b = trio[0], trio[1]
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    fb, _ = folder(b, tmp_path / "b-dir", mirror=True)
+    for name in ("photo.bin", "gone.bin"):
+        (fa.root / name).write_bytes(b"\x00v1" + noise(3000, len(name)))
+    (fa.root / "notes.txt").write_text("one\ntwo\n")  # text merges instead
+    fa.scan()
+    exchange(a, b)
+    fb.scan()
+    theirs = {}
+    for name in ("photo.bin", "gone.bin"):
+        theirs[name] = b"\x00v2 from a" + noise(3000, 10 + len(name))
+        (fa.root / name).write_bytes(theirs[name])
+    fa.scan()
+    (fa.root / "notes.txt").write_text("one (a)\ntwo\n")
+    fa.scan()
+    mine = b"\x00edited on b" + noise(3000, 20)
+    (fb.root / "photo.bin").write_bytes(mine)
+    (fb.root / "gone.bin").unlink()
+    (fb.root / "notes.txt").write_text("one\ntwo (b)\n")
+    exchange(a, b)  # A's v2 arrives first ...
+    fb.scan()  # ... then B's folder is reconciled
+    exchange(a, b)
+    fa.scan()
+    fb.scan()
+    for replica in (a, b):
+        photo = files.entry_at_path(replica.store, "photo.bin")
+        assert photo is not None and photo.conflict
+        kept = {
+            b"".join(files.iter_content(replica.engine, v))
+            for v in files.versions(replica.store, photo.doc_id)
+        }
+        assert {mine, theirs["photo.bin"]} <= kept
+        gone = files.entry_at_path(replica.store, "gone.bin")  # a live version beats a delete
+        assert gone is not None and not gone.deleted
+        notes = files.entry_at_path(replica.store, "notes.txt")
+        assert notes is not None and not notes.conflict
+        assert current(replica, "notes.txt") == b"one (a)\ntwo (b)\n"
+    assert (fa.root / "photo.bin").read_bytes() == (fb.root / "photo.bin").read_bytes()
+    assert (fb.root / "gone.bin").read_bytes() == theirs["gone.bin"]
+
+
 def test_mirror_materializes_and_follows_deletes(trio: list[Replica], tmp_path: Path) -> None:
     a, b = trio[0], trio[1]
     src, _ = folder(a, tmp_path / "src")
@@ -365,6 +413,43 @@ def test_a_file_refused_changed_or_gone_mid_read_is_one_line_and_others_survive(
         bad.chmod(0o644)
         src.scan()
         assert current(a, "b.bin") == bad.read_bytes()
+
+
+@pytest.mark.parametrize("what", ["denied", "grows"])
+def test_the_mirror_never_overwrites_a_local_edit_it_could_not_read(
+    trio: list[Replica], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
+    """Before writing a new version, the mirror ingests a local edit (merge, never clobber);
+    when that edit cannot be read (refused, or still being written), the file must stay as
+    the user left it until a later pass can read it."""
+    a, b = trio[0], trio[1]
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    fb, reports = folder(b, tmp_path / "b-dir", mirror=True)
+    (fa.root / "photo.bin").write_bytes(b"\x00v1" + noise(3000, 1))
+    fa.scan()
+    exchange(a, b)
+    fb.scan()
+    mine = b"\x00edited on b" + noise(3000, 2)
+    (fb.root / "photo.bin").write_bytes(mine)  # not ingested yet (no watcher here)
+    (fa.root / "photo.bin").write_bytes(b"\x00v2" + noise(3000, 3))
+    fa.scan()
+    exchange(a, b)
+    monkeypatch.setattr("builtins.open", _Disk(fb.root / "photo.bin", what))
+    fb.materialize(None)
+    monkeypatch.undo()
+    assert (fb.root / "photo.bin").read_bytes()[: len(mine)] == mine
+    assert any("photo.bin" in line for line in reports)
+    fb.scan()  # readable and still now: the edit is ingested, a conflict, and nothing lost
+    exchange(a, b)
+    fa.scan()
+    fb.scan()
+    entry = files.entry_at_path(b.store, "photo.bin")
+    assert entry is not None and entry.conflict
+    kept = {
+        b"".join(files.iter_content(b.engine, v)) for v in files.versions(b.store, entry.doc_id)
+    }
+    assert (fb.root / "photo.bin").read_bytes() in kept
+    assert mine in kept or what == "grows"  # a grown file was ingested with its growth
 
 
 def test_a_text_file_appended_to_while_read_is_merged_once(
