@@ -166,6 +166,11 @@ def status(ctx: Context, as_json: bool) -> None:
             f"conflict   {path}: concurrent versions; the same winner is written everywhere,"
             " the others are in `shoal files` history (get them with `shoal get --at`)"
         )
+    for path in info["clashes"]:
+        out.print(
+            f"clash      {path}: made on several replicas as different files; the same one is"
+            " written everywhere, `shoal files` lists the others (get them with `shoal get DOC`)"
+        )
     table = Table("author", "name", "seq", "head", title="version vector", title_justify="left")
     for author, head in info["version_vector"].items():
         table.add_row(author[:SHORT], head["name"], str(head["seq"]), head["id"][:SHORT])
@@ -665,6 +670,7 @@ def files_command(ctx: Context, deleted: bool, as_json: bool) -> None:
 
     with ctx.replica() as replica:
         entries = files.file_entries(replica.store, deleted=deleted)
+        clashed = set(files.clashes(replica.store))
     if as_json:
         emit_json(
             [
@@ -677,6 +683,7 @@ def files_command(ctx: Context, deleted: bool, as_json: bool) -> None:
                     "doc": e.doc_id.hex(),
                     "deleted": e.deleted,
                     "conflict": e.conflict,
+                    "clash": e.path in clashed and not e.deleted,
                     "text": e.text,
                 }
                 for e in entries
@@ -686,6 +693,8 @@ def files_command(ctx: Context, deleted: bool, as_json: bool) -> None:
     table = Table("path", "size", "hash", "versions", "doc", "state", box=None)
     for e in entries:
         state = "deleted" if e.deleted else ("conflict" if e.conflict else "")
+        if e.path in clashed and not e.deleted:
+            state = f"{state}, clash" if state else "clash"
         hash_hex = e.hash.hex()[:SHORT] if e.hash else ""
         table.add_row(
             e.path, f"{e.size:,}", hash_hex, str(e.versions), e.doc_id.hex()[:SHORT], state

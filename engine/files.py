@@ -370,6 +370,17 @@ def conflicts(store: Store) -> list[FileEntry]:
     return [e for e in file_entries(store, deleted=True) if e.conflict]
 
 
+def clashes(store: Store) -> list[str]:
+    """Paths that more than one live document claims: the same new file made on two
+    replicas before either heard of the other's (documents get random ids). Every replica
+    writes the same one (``entry_at_path``); the others stay whole in the vault, under
+    their own document ids."""
+    rows = store.query_all(
+        "SELECT path FROM files WHERE deleted = 0 GROUP BY path HAVING count(*) > 1 ORDER BY path"
+    )
+    return [str(row[0]) for row in rows]
+
+
 def has_chunk(store: Store, chunk_id: bytes) -> bool:
     return store.query_one("SELECT 1 FROM chunks WHERE id = ?", (chunk_id,)) is not None
 
@@ -394,10 +405,6 @@ def chunk_locations(store: Store, chunk_ids: Iterable[bytes]) -> dict[bytes, Loc
         )
         found.update((bytes(cid), (int(rowid), int(slot))) for cid, rowid, slot in rows)
     return found
-
-
-def missing_chunks(store: Store, found: FileVersion) -> int:
-    return len(set(found.chunks) - chunk_locations(store, found.chunks).keys())
 
 
 # --- reading content ----------------------------------------------------------------------

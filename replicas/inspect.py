@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from engine import views
+from engine import files, views
 from eventlog.accept import now_ms
 from eventlog.crypto import signature_ok
 from eventlog.envelope import Kind, decode_event
@@ -44,6 +44,7 @@ def status(replica: Replica) -> dict[str, Any]:
         "documents": int(docs[0]) if docs else 0,
         "files": int(counted[0]) if counted else 0,
         "conflicts": [str(row[0]) for row in conflicts],
+        "clashes": files.clashes(store),
         "members": len(log.roster),
         "epoch": replica.engine.keyring.current_epoch,
         "version_vector": {

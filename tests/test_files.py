@@ -21,6 +21,7 @@ from replicas.folders import STREAM_BYTES, Folder, ScanResult
 from replicas.inspect import status
 from replicas.vault import Replica
 from tests.conftest import all_raw
+from tests.test_cli import run, run_json
 
 
 def exchange(*replicas: Replica) -> None:
@@ -239,6 +240,37 @@ def test_an_edit_made_before_a_newer_version_arrived_is_a_conflict_not_an_overwr
         assert current(replica, "notes.txt") == b"one (a)\ntwo (b)\n"
     assert (fa.root / "photo.bin").read_bytes() == (fb.root / "photo.bin").read_bytes()
     assert (fb.root / "gone.bin").read_bytes() == theirs["gone.bin"]
+
+
+def test_the_same_new_path_made_on_two_replicas_is_one_winner_and_reported(
+    trio: list[Replica], tmp_path: Path
+) -> None:
+    """Two replicas each make ``same.bin`` before hearing of the other's: two documents
+    claim one path. Every folder must hold the same one, the other must stay whole in the
+    vault, and ``shoal status`` must say so."""
+    a, b = trio[0], trio[1]
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    fb, _ = folder(b, tmp_path / "b-dir", mirror=True)
+    made = {fa: b"\x00from a" + noise(2000, 1), fb: b"\x00from b" + noise(2000, 2)}
+    for side, data in made.items():
+        (side.root / "same.bin").write_bytes(data)
+        side.scan()
+    exchange(a, b)
+    fa.scan()
+    fb.scan()
+    assert (fa.root / "same.bin").read_bytes() == (fb.root / "same.bin").read_bytes()
+    assert (fa.root / "same.bin").read_bytes() in made.values()
+    for replica in (a, b):
+        assert status(replica)["clashes"] == ["same.bin"]
+        claims = [e for e in files.file_entries(replica.store) if e.path == "same.bin"]
+        kept = {b"".join(content(replica, e.doc_id, None)) for e in claims}
+        assert kept == set(made.values())  # the other is still there, by its document id
+    assert not [p for p in fa.root.iterdir() if p.name != "same.bin"]  # no conflict copies
+    home = tmp_path / "b"  # and what a user of B reads (real `shoal` processes)
+    assert "clash      same.bin: made on several replicas" in run(home, "status").stdout
+    listed = [f for f in run_json(home, "files") if f["path"] == "same.bin"]
+    assert len(listed) == 2 and all(f["clash"] for f in listed)
+    assert "clash" in run(home, "files").stdout
 
 
 def test_mirror_materializes_and_follows_deletes(trio: list[Replica], tmp_path: Path) -> None:
