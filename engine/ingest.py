@@ -103,8 +103,12 @@ class FileWriter:
         and a text file's torn content merged into its document, so that the next pass
         would merge the same edits a second time.
 
-        ``edited``: the content hash of what this change was made to, if known (a folder's
-        record of the file); see ``files.edit_bases``.
+        ``edited``: the content hash of the version this change was made to (a folder's
+        record of the file), or None when the caller had no version of it. Bytes then name
+        what they were made to (``files.edit_bases``), and a file made without any of the
+        versions the vault holds at its path (a new mirror over a folder that already had
+        files, or a new file that sync overtook) stands beside them as a conflict instead
+        of burying them. Text supersedes every version: it was merged with all of them.
         """
         files.check_path(path)
         engine, store = self.engine, self.engine.store
@@ -155,11 +159,10 @@ class FileWriter:
             state = None
             if text:
                 state = self._write_body(doc_id, path, kept.decode("utf-8"), base_state)
-            # A document named just now has no versions to supersede.
-            # A text change was merged into the document with every version it has seen,
-            # so it supersedes them all; bytes name what they were made to (edit_bases).
-            edited = None if text else edited
-            base = [] if new_doc else files.edit_bases(store, doc_id, edited)
+            if new_doc or (edited is None and not text):
+                base = []  # no version to supersede, or none this change was made to
+            else:
+                base = files.edit_bases(store, doc_id, None if text else edited)
             engine.append_record(
                 files.put_payload(
                     doc_id,

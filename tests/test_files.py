@@ -242,6 +242,35 @@ def test_an_edit_made_before_a_newer_version_arrived_is_a_conflict_not_an_overwr
     assert (fb.root / "gone.bin").read_bytes() == theirs["gone.bin"]
 
 
+def test_a_file_already_in_a_new_mirror_stands_beside_the_vaults_version(
+    trio: list[Replica], tmp_path: Path
+) -> None:
+    """B's folder already holds a different ``x.bin`` (restored from an old backup, say)
+    when it starts mirroring a vault that has one: it was made to none of the vault's
+    versions, so both are kept as a conflict, not the vault's buried under it."""
+    a, b = trio[0], trio[1]
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    theirs, mine = b"\x00in the vault" + noise(3000, 1), b"\x00already on b" + noise(3000, 2)
+    (fa.root / "x.bin").write_bytes(theirs)
+    fa.scan()
+    exchange(a, b)
+    (tmp_path / "b-dir").mkdir()
+    (tmp_path / "b-dir" / "x.bin").write_bytes(mine)
+    fb, _ = folder(b, tmp_path / "b-dir", mirror=True)
+    fb.scan()
+    exchange(a, b)
+    fa.scan()
+    for replica in (a, b):
+        entry = files.entry_at_path(replica.store, "x.bin")
+        assert entry is not None and entry.conflict
+        kept = {
+            b"".join(files.iter_content(replica.engine, v))
+            for v in files.versions(replica.store, entry.doc_id)
+        }
+        assert kept == {theirs, mine}
+    assert (fa.root / "x.bin").read_bytes() == (fb.root / "x.bin").read_bytes()
+
+
 def test_the_same_new_path_made_on_two_replicas_is_one_winner_and_reported(
     trio: list[Replica], tmp_path: Path
 ) -> None:
