@@ -46,19 +46,26 @@ def summary(result: ScanResult) -> str:
 
 
 async def run_folders(replica: Replica, folders: list[Folder], stop: asyncio.Event) -> None:
-    """Scan, then follow disk and vault until ``stop`` is set."""
+    """Scan, then follow disk and vault until ``stop`` is set.
+
+    Both are followed from *before* the scan, so nothing that changes while it runs is
+    missed: the vault from a cursor taken first, the disk from watches set up first. A file
+    edited after the scan read it used to wait for the next restart. The disk task's first
+    step sets its watches up (watchfiles makes them before its first await) and then
+    waits; the events of the scan's time queue in the watcher and are handled after it.
+    """
     if not folders:
         return
     engine = replica.engine
     cursor = engine.store.query_one("SELECT max(rowid) FROM event_index")
-    for folder in folders:
-        result = folder.scan()
-        log.info("%s: startup scan: %s", folder.root, summary(result))
-    tasks = [
-        asyncio.create_task(_follow_disk(folders, stop)),
-        asyncio.create_task(_follow_vault(replica, folders, stop, int((cursor or [0])[0] or 0))),
-    ]
+    tasks = [asyncio.create_task(_follow_disk(folders, stop))]
     try:
+        await asyncio.sleep(0)  # one step of the disk task: the watches exist
+        for folder in folders:
+            result = folder.scan()
+            log.info("%s: startup scan: %s", folder.root, summary(result))
+        since = int((cursor or [0])[0] or 0)
+        tasks.append(asyncio.create_task(_follow_vault(replica, folders, stop, since)))
         await stop.wait()
     finally:
         for task in tasks:

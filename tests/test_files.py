@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import random
+import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from replicas.filesout import content, resolve_file
 from replicas.folders import STREAM_BYTES, Folder, ScanResult
 from replicas.inspect import status
 from replicas.vault import Replica
+from replicas.watching import open_folders, run_folders
 from tests.conftest import all_raw
 from tests.test_cli import run, run_json
 
@@ -511,6 +516,53 @@ def test_the_mirror_never_overwrites_a_local_edit_it_could_not_read(
     }
     assert (fb.root / "photo.bin").read_bytes() in kept
     assert mine in kept or what == "grows"  # a grown file was ingested with its growth
+
+
+def test_a_file_edited_during_the_startup_scan_is_not_missed(
+    make_replica: Callable[[str], Replica], tmp_path: Path
+) -> None:
+    """Real watchfiles: while the startup scan of 2,000 files runs, another thread edits a
+    file the scan has already read (one with a committed record). The watcher must have
+    been watching since before the scan, so the edit reaches the vault."""
+    a = make_replica("a")
+    root = tmp_path / "src"
+    root.mkdir()
+    for i in range(2000):
+        (root / f"f{i:04}.txt").write_text(f"file {i}\n")
+    edited: list[str] = []
+
+    def edit_during_the_scan() -> None:
+        conn = sqlite3.connect(tmp_path / "a" / "vault.db", timeout=10)
+        try:
+            while time.monotonic() < deadline:
+                (count,) = conn.execute("SELECT count(*) FROM folder_files").fetchone()
+                if 100 <= count < 1900:
+                    (path,) = conn.execute("SELECT path FROM folder_files LIMIT 1").fetchone()
+                    (root / path).write_text("edited during the scan\n")
+                    edited.append(path)
+                    return
+                time.sleep(0.002)
+        finally:
+            conn.close()
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_folders(a, folders, stop))
+        while time.monotonic() < deadline and not (
+            edited and current(a, edited[0]) == b"edited during the scan\n"
+        ):
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    folders = open_folders(a, [root], [], print)  # makes the folder tables
+    deadline = time.monotonic() + 30
+    editor = threading.Thread(target=edit_during_the_scan)
+    editor.start()
+    asyncio.run(follow())
+    editor.join()
+    assert edited, "the scan was over before the edit could be made mid-scan"
+    assert current(a, edited[0]) == b"edited during the scan\n"
 
 
 def test_a_text_file_appended_to_while_read_is_merged_once(
