@@ -53,6 +53,29 @@ def noise(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+def mirrors_sharing(
+    a: Replica, b: Replica, tmp_path: Path, name: str, data: bytes
+) -> tuple[Folder, Folder, list[str]]:
+    """A's and B's mirrors, both holding ``name`` (synced); and B's report lines."""
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    fb, reports = folder(b, tmp_path / "b-dir", mirror=True)
+    (fa.root / name).write_bytes(data)
+    fa.scan()
+    exchange(a, b)
+    fb.scan()
+    return fa, fb, reports
+
+
+def conflict_versions(replica: Replica, path: str) -> set[bytes]:
+    """The content of every version of the file at ``path``, which must be in conflict."""
+    entry = files.entry_at_path(replica.store, path)
+    assert entry is not None and entry.conflict
+    return {
+        b"".join(files.iter_content(replica.engine, v))
+        for v in files.versions(replica.store, entry.doc_id)
+    }
+
+
 def test_add_list_get_byte_exact_and_dedup(trio: list[Replica], tmp_path: Path) -> None:
     a = trio[0]
     src, _ = folder(a, tmp_path / "src")
@@ -170,12 +193,7 @@ def test_concurrent_text_edits_merge_through_mirrors(trio: list[Replica], tmp_pa
 
 def test_binary_conflict_has_one_winner_everywhere(trio: list[Replica], tmp_path: Path) -> None:
     a, b = trio[0], trio[1]
-    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
-    fb, _ = folder(b, tmp_path / "b-dir", mirror=True)
-    (fa.root / "photo.jpg").write_bytes(b"\xff\xd8" + noise(4000, 4))
-    fa.scan()
-    exchange(a, b)
-    fb.scan()
+    fa, fb, _ = mirrors_sharing(a, b, tmp_path, "photo.jpg", b"\xff\xd8" + noise(4000, 4))
     mine, theirs = b"\xff\xd8" + noise(4000, 5), b"\xff\xd8" + noise(4000, 6)
     (fa.root / "photo.jpg").write_bytes(mine)
     (fb.root / "photo.jpg").write_bytes(theirs)
@@ -187,15 +205,9 @@ def test_binary_conflict_has_one_winner_everywhere(trio: list[Replica], tmp_path
     on_a, on_b = (fa.root / "photo.jpg").read_bytes(), (fb.root / "photo.jpg").read_bytes()
     assert on_a == on_b and on_a in (mine, theirs)
     for replica in (a, b):
-        entry = files.entry_at_path(replica.store, "photo.jpg")
-        assert entry is not None and entry.conflict
         assert [c.path for c in files.conflicts(replica.store)] == ["photo.jpg"]
         assert status(replica)["conflicts"] == ["photo.jpg"]  # what `shoal status` prints
-        kept = {
-            b"".join(files.iter_content(replica.engine, v))
-            for v in files.versions(replica.store, entry.doc_id)
-        }
-        assert {mine, theirs} <= kept  # the loser stays in history
+        assert {mine, theirs} <= conflict_versions(replica, "photo.jpg")  # loser in history
     assert not [p for p in fa.root.iterdir() if p.name != "photo.jpg"]
 
 
@@ -231,13 +243,7 @@ def test_an_edit_made_before_a_newer_version_arrived_is_a_conflict_not_an_overwr
     fa.scan()
     fb.scan()
     for replica in (a, b):
-        photo = files.entry_at_path(replica.store, "photo.bin")
-        assert photo is not None and photo.conflict
-        kept = {
-            b"".join(files.iter_content(replica.engine, v))
-            for v in files.versions(replica.store, photo.doc_id)
-        }
-        assert {mine, theirs["photo.bin"]} <= kept
+        assert {mine, theirs["photo.bin"]} <= conflict_versions(replica, "photo.bin")
         gone = files.entry_at_path(replica.store, "gone.bin")  # a live version beats a delete
         assert gone is not None and not gone.deleted
         notes = files.entry_at_path(replica.store, "notes.txt")
@@ -266,13 +272,7 @@ def test_a_file_already_in_a_new_mirror_stands_beside_the_vaults_version(
     exchange(a, b)
     fa.scan()
     for replica in (a, b):
-        entry = files.entry_at_path(replica.store, "x.bin")
-        assert entry is not None and entry.conflict
-        kept = {
-            b"".join(files.iter_content(replica.engine, v))
-            for v in files.versions(replica.store, entry.doc_id)
-        }
-        assert kept == {theirs, mine}
+        assert conflict_versions(replica, "x.bin") == {theirs, mine}
     assert (fa.root / "x.bin").read_bytes() == (fb.root / "x.bin").read_bytes()
 
 
@@ -489,12 +489,7 @@ def test_the_mirror_never_overwrites_a_local_edit_it_could_not_read(
     when that edit cannot be read (refused, or still being written), the file must stay as
     the user left it until a later pass can read it."""
     a, b = trio[0], trio[1]
-    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
-    fb, reports = folder(b, tmp_path / "b-dir", mirror=True)
-    (fa.root / "photo.bin").write_bytes(b"\x00v1" + noise(3000, 1))
-    fa.scan()
-    exchange(a, b)
-    fb.scan()
+    fa, fb, reports = mirrors_sharing(a, b, tmp_path, "photo.bin", b"\x00v1" + noise(3000, 1))
     mine = b"\x00edited on b" + noise(3000, 2)
     (fb.root / "photo.bin").write_bytes(mine)  # not ingested yet (no watcher here)
     (fa.root / "photo.bin").write_bytes(b"\x00v2" + noise(3000, 3))
@@ -509,11 +504,7 @@ def test_the_mirror_never_overwrites_a_local_edit_it_could_not_read(
     exchange(a, b)
     fa.scan()
     fb.scan()
-    entry = files.entry_at_path(b.store, "photo.bin")
-    assert entry is not None and entry.conflict
-    kept = {
-        b"".join(files.iter_content(b.engine, v)) for v in files.versions(b.store, entry.doc_id)
-    }
+    kept = conflict_versions(b, "photo.bin")
     assert (fb.root / "photo.bin").read_bytes() in kept
     assert mine in kept or what == "grows"  # a grown file was ingested with its growth
 
