@@ -619,6 +619,8 @@ class Folder:
         """Write one file if it needs it; what to record about it is appended to ``later``."""
         store = self.store
         self.incomplete.discard(entry.doc_id)
+        if self.ignored(entry.path):
+            return False  # this folder's own: ignored paths sync in neither direction
         record, seen = self._records(entry.doc_id, entry.path)
         old_path = None if record is None else record[0]
         if entry.deleted:

@@ -388,6 +388,27 @@ def test_ignore_patterns_temp_files_and_symlinks(
     assert any("symbolic link" in line for line in reports)
 
 
+def test_a_mirror_leaves_its_ignored_paths_alone(trio: list[Replica], tmp_path: Path) -> None:
+    """Ignored paths sync in neither direction (as in Syncthing): a mirror neither writes
+    the vault's file at a path it ignores nor touches its own local-only file there."""
+    a, b = trio[0], trio[1]
+    src, _ = folder(a, tmp_path / "src")
+    for name in ("local.env", "build/out.o", "shared.txt"):
+        (src.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (src.root / name).write_text(f"{name} from a\n")
+    src.scan()
+    exchange(a, b)
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / ".shoalignore").write_text("local.env\nbuild/\n")
+    (tmp_path / "dst" / "local.env").write_text("b's own, never synced\n")
+    dst, reports = folder(b, tmp_path / "dst", mirror=True)
+    dst.scan()
+    assert (dst.root / "shared.txt").read_text() == "shared.txt from a\n"
+    assert (dst.root / "local.env").read_text() == "b's own, never synced\n"
+    assert not (dst.root / "build").exists()
+    assert not [line for line in reports if "local.env" in line or "build" in line]
+
+
 def test_unsafe_remote_paths_are_refused(
     make_replica: Callable[[str], Replica], tmp_path: Path
 ) -> None:

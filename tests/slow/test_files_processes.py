@@ -21,11 +21,17 @@ pytestmark = pytest.mark.slow
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".shoal-tmp-")
-    }
+    """Every file under ``root`` and its bytes. The folder is live (a mirror writes and
+    removes files while this reads it): a file gone between listing and reading is left
+    out, and the caller's next poll sees the folder as it then is."""
+    found = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.name.startswith(".shoal-tmp-"):
+            try:
+                found[p.relative_to(root).as_posix()] = p.read_bytes()
+            except FileNotFoundError:
+                continue
+    return found
 
 
 def pair(procs: Procs, tmp_path: Path) -> tuple[Path, Path, str]:
