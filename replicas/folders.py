@@ -664,7 +664,7 @@ class Folder:
                 seen.base = base
                 later.append(functools.partial(self._remember, entry.path, seen))
             return False
-        self._write(target, data, found, where)
+        self._write(target, data, found, where, None if on_disk is None else on_disk.st_mode)
         info = target.lstat()
         if len(self._just_written) >= MAX_JUST_WRITTEN:  # echoes the watcher never delivered
             self._just_written.clear()
@@ -679,15 +679,18 @@ class Folder:
         data: bytes | None,
         found: files.FileVersion,
         where: dict[bytes, files.Location] | None = None,
+        replacing: int | None = None,
     ) -> None:
         """Through a temporary file and an atomic rename: readers never see half a file.
 
-        The directory is made only when the file cannot be created without it, and the
-        temporary file is removed only if it was not renamed: two system calls per file that
-        were a twentieth of a mirror of small files."""
+        ``replacing``: the ``st_mode`` of the file this one replaces, whose permissions it
+        keeps (a private 0600 file stays private, a script stays executable); a new file
+        gets the default ones. The directory is made only when the file cannot be created
+        without it, and the temporary file is removed only if it was not renamed: two
+        system calls per file that were a twentieth of a mirror of small files."""
         temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
         try:
-            with _create(temp) as out:
+            with _create(temp, None if replacing is None else stat.S_IMODE(replacing)) as out:
                 if data is not None:
                     out.write(data)
                 else:
@@ -737,10 +740,20 @@ def _matches(info: os.stat_result | None, seen: Seen | None) -> bool:
     )
 
 
-def _create(path: Path) -> BinaryIO:
-    """A new file open for writing; its directory is made only if it is missing."""
+def _create(path: Path, mode: int | None = None) -> BinaryIO:
+    """A new file open for writing (never an existing one, nor through a link planted at
+    its name); its directory is made only if it is missing. ``mode``: its permissions,
+    exactly (set while it is still empty and private); otherwise the default ones."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        return open(path, "wb")
+        fd = os.open(path, flags, 0o666 if mode is None else 0o600)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "wb")
+        fd = os.open(path, flags, 0o666 if mode is None else 0o600)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        return open(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise

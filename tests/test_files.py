@@ -352,6 +352,37 @@ def test_the_mirror_never_writes_through_a_directory_linked_out_of_its_folder(
     ]
 
 
+def test_a_mirror_update_keeps_the_files_permissions(trio: list[Replica], tmp_path: Path) -> None:
+    """A new version written over a file keeps that file's mode: a private file must not
+    become readable by others because an edit arrived (nor while it is being written)."""
+    a, b = trio[0], trio[1]
+    fa, _ = folder(a, tmp_path / "a-dir", mirror=True)
+    fb, _ = folder(b, tmp_path / "b-dir", mirror=True)
+    for name in ("secret.txt", "run.sh", "photo.bin"):
+        (fa.root / name).write_bytes(b"\x00v1 " + name.encode())
+    fa.scan()
+    exchange(a, b)
+    fb.scan()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat_mode(fb.root / "photo.bin") == 0o666 & ~umask  # a new file: the defaults
+    (fb.root / "secret.txt").chmod(0o600)
+    (fb.root / "run.sh").chmod(0o750)
+    fb.scan()  # a mode change alone is not a new version
+    for name in ("secret.txt", "run.sh"):
+        (fa.root / name).write_bytes(b"\x00v2 " + name.encode())
+    fa.scan()
+    exchange(a, b)
+    fb.scan()
+    assert (fb.root / "secret.txt").read_bytes() == b"\x00v2 secret.txt"
+    assert stat_mode(fb.root / "secret.txt") == 0o600
+    assert stat_mode(fb.root / "run.sh") == 0o750
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
 def test_the_echo_of_a_mirror_write_is_dropped_but_an_edit_after_it_is_not(
     trio: list[Replica], tmp_path: Path
 ) -> None:
