@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from engine import files
-from eventlog.errors import AmbiguousError, NotFoundError
+from eventlog.errors import AmbiguousError, NotFoundError, StorageError
 from eventlog.store import hex_prefix_bounds
 from replicas.vault import Replica
 
@@ -78,19 +79,29 @@ def content(replica: Replica, doc_id: bytes, at: str | None) -> Iterator[bytes]:
     yield from files.iter_content(replica.engine, found)
 
 
-def write_version(replica: Replica, doc_id: bytes, at: str | None, out: Path | None) -> None:
-    """Stream the content to ``out`` (atomically: a temp file renamed) or to stdout."""
+def write_version(replica: Replica, doc_id: bytes, at: str | None, out: Path | None) -> Path | None:
+    """Stream the content to ``out`` (atomically: a temp file renamed) or to stdout.
+
+    ``out`` may be a directory, as for ``cp``: the file keeps its name in it. Returns where
+    it was written; an OS error names that path, not the temporary file's.
+    """
     blocks = content(replica, doc_id, at)
     if out is None:
         for block in blocks:
             sys.stdout.buffer.write(block)
         sys.stdout.buffer.flush()
-        return
+        return None
+    if out.is_dir():
+        entry = files.file_entry(replica.store, doc_id)
+        out = out / posixpath.basename(entry.path if entry else doc_id.hex())
     temp = out.parent / f".shoal-tmp-{secrets.token_hex(6)}"
     try:
-        with open(temp, "wb") as stream:
+        with open(temp, "xb") as stream:
             for block in blocks:
                 stream.write(block)
         os.replace(temp, out)
+    except OSError as exc:
+        raise StorageError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         temp.unlink(missing_ok=True)
+    return out

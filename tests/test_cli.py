@@ -133,6 +133,20 @@ def test_unknown_and_ambiguous_ids(home: Path) -> None:
     assert events_table(home) == before
 
 
+def test_get_writes_into_a_directory_and_names_an_unwritable_target(
+    home: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "notes.txt").write_text("kept\n")
+    run(home, "add", str(tmp_path / "notes.txt"))
+    (tmp_path / "out").mkdir()
+    run(home, "get", "notes.txt", "--out", str(tmp_path / "out"))  # as cp: keeps its name
+    assert (tmp_path / "out" / "notes.txt").read_text() == "kept\n"
+    missing = tmp_path / "no-such-dir" / "x.txt"
+    line = one_line_error(run(home, "get", "notes.txt", "--out", str(missing), ok=False), 5)
+    assert line == f"shoal: error: cannot write {missing}: No such file or directory"
+    assert not [p for p in tmp_path.rglob(".shoal-tmp-*")]
+
+
 def test_bad_arguments(home: Path) -> None:
     proc = run(home, "log", "--since", "yesterday-ish", ok=False)
     assert proc.returncode == 2 and "not a time" in proc.stderr
