@@ -706,7 +706,10 @@ def files_command(ctx: Context, deleted: bool, as_json: bool) -> None:
 @click.argument("target")
 @click.option("--at", "at", metavar="EVENT", help="The version made by this event.")
 @click.option(
-    "--out", "out_path", type=click.Path(path_type=Path), help="Write to this file, or into this directory (default: stdout)."
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    help="Write to this file, or into this directory (default: stdout).",
 )
 @pass_ctx
 @guarded
