@@ -367,7 +367,7 @@ def test_a_mirror_update_keeps_the_files_permissions(trio: list[Replica], tmp_pa
     os.umask(umask)
     assert stat_mode(fb.root / "photo.bin") == 0o666 & ~umask  # a new file: the defaults
     (fb.root / "secret.txt").chmod(0o600)
-    (fb.root / "run.sh").chmod(0o750)
+    (fb.root / "run.sh").chmod(0o4750)  # setuid: the bit new content must not inherit
     fb.scan()  # a mode change alone is not a new version
     for name in ("secret.txt", "run.sh"):
         (fa.root / name).write_bytes(b"\x00v2 " + name.encode())
@@ -380,7 +380,7 @@ def test_a_mirror_update_keeps_the_files_permissions(trio: list[Replica], tmp_pa
 
 
 def stat_mode(path: Path) -> int:
-    return path.stat().st_mode & 0o777
+    return path.stat().st_mode & 0o7777
 
 
 def test_the_echo_of_a_mirror_write_is_dropped_but_an_edit_after_it_is_not(
