@@ -686,9 +686,11 @@ class Folder:
         ``replacing``: the ``st_mode`` of the file this one replaces, whose permission bits
         it keeps (a private 0600 file stays private, a script stays executable; never
         setuid, setgid or sticky bits, which new content from elsewhere must not inherit); a
-        new file gets the default ones. The directory is made only when the file cannot be created
-        without it, and the temporary file is removed only if it was not renamed: two
-        system calls per file that were a twentieth of a mirror of small files."""
+        new file gets the default ones.
+
+        The directory is made only when the file cannot be created without it, and the
+        temporary file is removed only if it was not renamed: two system calls per file that
+        were a twentieth of a mirror of small files."""
         temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
         try:
             with _create(temp, None if replacing is None else replacing & 0o777) as out:
