@@ -633,7 +633,7 @@ class Folder:
         if record is not None and old_path != entry.path:
             old_target = self.local_path(record[0])
             if old_target is not None and self._on_disk_unchanged(old_target, record[1]):
-                old_target.unlink(missing_ok=True)
+                self._remove(old_target)
             later.append(functools.partial(self._forget, record[0]))
         on_disk = _lstat(target)
         if on_disk is not None and not _matches(on_disk, seen):
@@ -711,10 +711,24 @@ class Folder:
             return False
         target = self.local_path(old_path)
         if target is not None and self._on_disk_unchanged(target, self._seen(old_path)):
-            target.unlink(missing_ok=True)
+            self._remove(target)
             later.append(functools.partial(self._forget, old_path))
             return True
         return False  # changed here since: the local edit wins, the next scan ingests it
+
+    def _remove(self, target: Path) -> None:
+        """Remove a file the vault moved or deleted, and the directories that leaves empty
+        (directories are not versioned, so a renamed or deleted one would otherwise stay
+        behind, empty, in every mirror). A directory that is not empty stays."""
+        target.unlink(missing_ok=True)
+        directory = target.parent
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (or not ours to remove): it stays, and so do its parents
+                return
+            self._resolved.pop(directory, None)
+            directory = directory.parent
 
     def _problem(self, result: ScanResult, line: str) -> None:
         result.problems.append(line)

@@ -324,6 +324,25 @@ def test_mirror_materializes_and_follows_deletes(trio: list[Replica], tmp_path: 
     dst.materialize(None)
     assert not (dst.root / "y.txt").exists()
     assert not [p for p in dst.root.rglob("*") if p.name.startswith(".shoal-tmp")]
+    # A directory renamed, and one emptied, on A leave no empty directory behind on B; one
+    # that still holds a file of B's own stays.
+    (src.root / "keep").mkdir()
+    (src.root / "keep" / "k.txt").write_text("k\n")
+    src.scan()
+    exchange(a, b)
+    dst.scan()
+    (dst.root / "keep" / "mine.txt").write_text("b's own\n")
+    dst.scan()
+    exchange(a, b)
+    src.scan()
+    (src.root / "deep").rename(src.root / "moved")
+    (src.root / "keep" / "k.txt").unlink()
+    src.scan()
+    exchange(a, b)
+    dst.materialize(None)
+    assert (dst.root / "moved" / "er" / "x.bin").read_bytes() == noise(CHUNK_MIN * 3, 7)
+    assert not (dst.root / "deep").exists()
+    assert sorted(p.name for p in (dst.root / "keep").iterdir()) == ["mine.txt"]
 
 
 def test_the_mirror_never_writes_through_a_directory_linked_out_of_its_folder(
