@@ -484,9 +484,12 @@ class Folder:
         vanished file whose content reappears in the same batch is a rename.
         """
         changes = list(changes)
+        result = ScanResult()
+        if not self.root.is_dir():
+            self._problem(result, self.gone_line())
+            return result  # the deletions it reports are the folder's, not the files'
         if any(local.name == IGNORE_FILE for _, local in changes):
             self.ignore = _ignore_spec(self.root)
-        result = ScanResult()
         present: dict[Path, os.stat_result] = {}
         gone: dict[str, Seen] = {}
         for _, local in changes:
@@ -729,6 +732,12 @@ class Folder:
                 return
             self._resolved.pop(directory, None)
             directory = directory.parent
+
+    def gone_line(self) -> str:
+        return (
+            f"{self.root}: the folder itself is gone (removed, or its drive unmounted); its"
+            " files are not taken as deleted, and it is not followed until it is back"
+        )
 
     def _problem(self, result: ScanResult, line: str) -> None:
         result.problems.append(line)

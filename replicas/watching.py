@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from eventlog.errors import ShoalError
 from replicas.folders import Folder, Report, ScanResult
 
 if TYPE_CHECKING:
@@ -66,14 +67,37 @@ async def run_folders(replica: Replica, folders: list[Folder], stop: asyncio.Eve
             log.info("%s: startup scan: %s", folder.root, summary(result))
         since = int((cursor or [0])[0] or 0)
         tasks.append(asyncio.create_task(_follow_vault(replica, folders, stop, since)))
-        await stop.wait()
+        await _until_stopped_or_failed(stop, tasks)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _until_stopped_or_failed(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for ``stop``; a task that fails first raises its error here (one that simply
+    has nothing to do, like a vault follower without mirrors, is let be)."""
+    waiter = asyncio.create_task(stop.wait())
+    pending: set[asyncio.Task[Any]] = {waiter, *tasks}
+    try:
+        while not stop.is_set():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not waiter and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+    finally:
+        waiter.cancel()
+
+
 async def _follow_disk(folders: list[Folder], stop: asyncio.Event) -> None:
+    """Hand each folder its watcher batches until ``stop``.
+
+    A watched root that is removed (or whose drive is unmounted) loses its inotify watch:
+    watchfiles reports the deletion and then stays silent, even when the folder comes back.
+    Following on would ingest nothing from then on without a word, so that is an error: a
+    folder worker exits and its daemon starts it again with backoff, which scans the folder
+    afresh once it is back (and refuses to start while it is not).
+    """
     from watchfiles import Change, awatch
 
     names = {Change.added: "added", Change.modified: "modified", Change.deleted: "deleted"}
@@ -94,6 +118,9 @@ async def _follow_disk(folders: list[Folder], stop: asyncio.Event) -> None:
                 log.error("%s: %s", root, exc)
                 continue
             log.info("%s: %s", root, summary(result))
+        gone = [folder for folder in folders if not folder.root.is_dir()]
+        if gone:
+            raise ShoalError("; ".join(folder.gone_line() for folder in gone))
 
 
 async def _follow_vault(

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from engine import files
 from engine.blobs import CHUNK_MAX, CHUNK_MIN, BlobKeys, cut
 from engine.ingest import FileWriter
-from eventlog.errors import NotFoundError
+from eventlog.errors import NotFoundError, ShoalError
 from replicas.filesout import content, resolve_file
 from replicas.folders import STREAM_BYTES, Folder, ScanResult
 from replicas.inspect import status
@@ -625,6 +625,37 @@ def test_a_file_edited_during_the_startup_scan_is_not_missed(
     editor.join()
     assert edited, "the scan was over before the edit could be made mid-scan"
     assert current(a, edited[0]) == b"edited during the scan\n"
+
+
+def test_a_watched_folder_that_vanishes_deletes_nothing_and_stops_loudly(
+    make_replica: Callable[[str], Replica], tmp_path: Path
+) -> None:
+    """The folder itself goes away (removed, or its drive unmounted), every file with it:
+    that must not turn every file into a tombstone (which every mirror would then delete).
+    Real watchfiles: the watch goes silent after the deletion, so following must fail
+    loudly rather than go on blind."""
+    a = make_replica("a")
+    src, reports = folder(a, tmp_path / "src")
+    for i in range(3):
+        (src.root / f"f{i}.txt").write_text(f"file {i}\n")
+    src.scan()
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_folders(a, [src], stop))
+        await asyncio.sleep(0.5)
+        for child in src.root.iterdir():
+            child.unlink()
+        src.root.rmdir()  # the folder goes away, every file with it
+        try:
+            await asyncio.wait_for(task, 10)
+        finally:
+            stop.set()
+
+    with pytest.raises(ShoalError, match="the folder itself is gone"):
+        asyncio.run(follow())
+    assert [e.path for e in files.file_entries(a.store)] == ["f0.txt", "f1.txt", "f2.txt"]
+    assert any("the folder itself is gone" in line for line in reports)
 
 
 def test_a_text_file_appended_to_while_read_is_merged_once(
