@@ -79,18 +79,18 @@ def content(replica: Replica, doc_id: bytes, at: str | None) -> Iterator[bytes]:
     yield from files.iter_content(replica.engine, found)
 
 
-def write_version(replica: Replica, doc_id: bytes, at: str | None, out: Path | None) -> Path | None:
+def write_version(replica: Replica, doc_id: bytes, at: str | None, out: Path | None) -> None:
     """Stream the content to ``out`` (atomically: a temp file renamed) or to stdout.
 
-    ``out`` may be a directory, as for ``cp``: the file keeps its name in it. Returns where
-    it was written; an OS error names that path, not the temporary file's.
+    ``out`` may be a directory, as for ``cp``: the file keeps its name in it. An OS error
+    names the file written, not the temporary one.
     """
     blocks = content(replica, doc_id, at)
     if out is None:
         for block in blocks:
             sys.stdout.buffer.write(block)
         sys.stdout.buffer.flush()
-        return None
+        return
     if out.is_dir():
         entry = files.file_entry(replica.store, doc_id)
         out = out / posixpath.basename(entry.path if entry else doc_id.hex())
@@ -104,4 +104,3 @@ def write_version(replica: Replica, doc_id: bytes, at: str | None, out: Path | N
         raise StorageError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         temp.unlink(missing_ok=True)
-    return out

@@ -83,8 +83,9 @@ async def _until_stopped_or_failed(stop: asyncio.Event, tasks: list[asyncio.Task
         while not stop.is_set():
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not waiter and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                error = None if task is waiter or task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
     finally:
         waiter.cancel()
 
