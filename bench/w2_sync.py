@@ -66,6 +66,7 @@ from bench._common import (
 )
 from eventlog.crypto import KxKey, SigningKey
 from eventlog.envelope import Kind, decode_event
+from eventlog.store import Store
 from replicas.home import Home
 from replicas.vault import Replica, init_vault, join_vault
 
@@ -229,14 +230,11 @@ def build_vault(n: int, rebuild: bool) -> Path:
 
 def naive_verify(db: Path, limit: int) -> tuple[float, int]:
     """Events/s of one ``Ed25519PublicKey.verify`` per event over A's first ``limit`` events."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    store = Store.open_readonly(db)
     try:
-        raws = [
-            bytes(r)
-            for (r,) in conn.execute("SELECT raw FROM events ORDER BY rowid LIMIT ?", (limit,))
-        ]
+        raws = [row.raw for row in store.events_after(0, limit)]
     finally:
-        conn.close()
+        store.close()
     events = [decode_event(raw) for raw in raws]
     keys = {e.author: Ed25519PublicKey.from_public_bytes(e.author) for e in events}
     work = [(keys[e.author], e.sig, e.message) for e in events]

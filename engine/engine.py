@@ -36,7 +36,7 @@ from eventlog.membership import ROLE_FULL
 from eventlog.migrate import check_current, migrate
 from eventlog.payload import Payload, field_bytes
 from eventlog.sealing import Keyring
-from eventlog.store import hex_prefix_bounds
+from eventlog.store import E_RAW_COLUMNS, hex_prefix_bounds
 
 if TYPE_CHECKING:
     import asyncio
@@ -645,13 +645,15 @@ class Engine:
         self, doc_id: bytes, after: int, upto: int | None
     ) -> Iterable[tuple[int, bytes]]:
         rows = self.store.query_all(
-            "SELECT e.rowid, e.raw, e.id FROM event_index i JOIN events e ON e.rowid = i.rowid"
+            f"SELECT e.rowid, e.id, {E_RAW_COLUMNS} FROM event_index i"
+            " JOIN events e ON e.rowid = i.rowid"
             " WHERE i.doc = ? AND i.type = 'doc.update' AND i.rowid > ? AND i.rowid <= ?"
             " AND i.note IS NULL ORDER BY i.rowid",
             (doc_id, after, upto if upto is not None else 2**62),
         )
-        for rowid, raw, event_id in rows:
-            payload = self.keyring.open_payload(decode_stored(bytes(raw), bytes(event_id)))
+        for rowid, event_id, *where in rows:
+            event = decode_stored(self.store.raw(*where), bytes(event_id))
+            payload = self.keyring.open_payload(event)
             yield rowid, field_bytes(payload, "u")
 
     def _remember(self, live: LiveDoc) -> None:

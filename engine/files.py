@@ -19,6 +19,7 @@ same author, so they always arrive before the version that needs them.
 from __future__ import annotations
 
 import difflib
+import functools
 import posixpath
 import sqlite3
 import unicodedata
@@ -51,8 +52,12 @@ class UnsafePathError(WrongTypeError):
     """A vault path that could escape a folder or is not a plain relative path."""
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def check_path(path: str) -> str:
-    """A vault path: relative, '/'-separated, normalized, nothing that climbs or hides."""
+    """A vault path: relative, '/'-separated, normalized, nothing that climbs or hides.
+
+    Remembered (a refused path raises, and is not): a file's path is checked where it is
+    found, written and applied, ~14 us each, a tenth of ingesting a small file."""
     if not path or len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise UnsafePathError(f"path {path[:60]!r}: empty or too long")
     if "\x00" in path or "\\" in path or path.startswith("/"):

@@ -13,7 +13,7 @@ from engine.documents import LiveDoc, summarize
 from eventlog.envelope import decode_stored
 from eventlog.payload import field_bytes
 from eventlog.sealing import Keyring
-from eventlog.store import Store, StoredEvent
+from eventlog.store import E_RAW_COLUMNS, E_SIZE_SQL, Store, StoredEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ class LogRow:
 
 _LOG_SELECT = (
     "SELECT e.rowid, e.id, e.author, e.seq, e.lamport, e.time_ms, e.kind, e.epoch,"
-    " i.type, i.doc, length(e.raw) FROM events e LEFT JOIN event_index i ON i.rowid = e.rowid"
+    f" i.type, i.doc, {E_SIZE_SQL} FROM events e LEFT JOIN event_index i ON i.rowid = e.rowid"
 )
 
 
@@ -138,15 +138,15 @@ def state_at(store: Store, keyring: Keyring, doc: bytes, at: StoredEvent) -> Doc
     seen by its author first and so has a smaller lamport.
     """
     rows = store.query_all(
-        "SELECT e.raw, e.id FROM event_index i JOIN events e ON e.rowid = i.rowid"
+        f"SELECT e.id, {E_RAW_COLUMNS} FROM event_index i JOIN events e ON e.rowid = i.rowid"
         " WHERE i.doc = ? AND i.type = 'doc.update' AND i.note IS NULL"
         " AND (e.lamport < ? OR (e.lamport = ? AND"
         " e.author <= ?)) ORDER BY e.lamport, e.author",
         (doc, at.lamport, at.lamport, at.author),
     )
     live = LiveDoc(doc)
-    for raw, event_id in rows:
-        event = decode_stored(bytes(raw), bytes(event_id))
+    for event_id, *where in rows:
+        event = decode_stored(store.raw(*where), bytes(event_id))
         live.apply_from_log(field_bytes(keyring.open_payload(event), "u"))
     summary = summarize(live)
     return DocState(summary.title, summary.tags, str(live.body), len(rows))

@@ -18,6 +18,7 @@ from eventlog.envelope import Event, decode_stored
 from eventlog.errors import AmbiguousError, NotFoundError, StorageError
 from eventlog.membership import Member
 from eventlog.migrate import check_current, migrate
+from eventlog.pack import PACK_MIN, Pack, pack_path
 
 MAX_PENDING: Final = 100_000
 """Bound on the pending area; beyond it a sender is told to retry (``PendingFullError``)."""
@@ -56,17 +57,28 @@ class StoredEvent(NamedTuple):
         return decode_stored(self.raw, self.id)
 
 
-_EVENT_COLUMNS: Final = "rowid, author, seq, id, lamport, time_ms, kind, epoch, raw, anchor"
+RAW_COLUMNS: Final = "raw, pack_at, pack_len"
+"""Where an event's bytes are (``Store.raw``): in ``raw``, or in the pack file."""
+SIZE_SQL: Final = "coalesce(pack_len, length(raw))"
+"""An event's size in bytes, without reading them."""
+E_RAW_COLUMNS: Final = "e.raw, e.pack_at, e.pack_len"
+E_SIZE_SQL: Final = "coalesce(e.pack_len, length(e.raw))"
+"""The same, in a query that names the events table ``e``."""
+_EVENT_COLUMNS: Final = (
+    f"rowid, author, seq, id, lamport, time_ms, kind, epoch, anchor, {RAW_COLUMNS}"
+)
 _INSERT_EVENT: Final = (
-    "INSERT INTO events (author, seq, id, lamport, time_ms, kind, epoch, raw, anchor)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events"
+    " (author, seq, id, lamport, time_ms, kind, epoch, anchor, raw, pack_at, pack_len)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
+_EventRow = tuple[bytes, int, bytes, int, int, int, int, int, bytes, int | None, int | None]
 
-def _event_row(
-    event: Event, anchor: bool
-) -> tuple[bytes, int, bytes, int, int, int, int, bytes, int]:
-    """The ``events`` columns of an event, in ``_INSERT_EVENT``'s order."""
+
+def _event_row(event: Event, anchor: bool, pack_at: int | None) -> _EventRow:
+    """The ``events`` columns of an event, in ``_INSERT_EVENT``'s order; ``pack_at``: where
+    its bytes went in the pack file, or None if they are stored in the row."""
     h = event.header
     return (
         h.author,
@@ -76,27 +88,20 @@ def _event_row(
         h.time_ms,
         h.kind,
         h.epoch,
-        event.raw,
         int(anchor),
+        event.raw if pack_at is None else b"",
+        pack_at,
+        None if pack_at is None else len(event.raw),
     )
 
 
 _EVENT_COLUMNS_JOINED: Final = ", ".join(f"events.{c}" for c in _EVENT_COLUMNS.split(", "))
 
 
-def _row(row: tuple[Any, ...]) -> StoredEvent:
-    rowid, author, seq, eid, lamport, time_ms, kind, epoch, raw, anchor = row
+def _stored(rowid: int, event: Event, anchor: bool) -> StoredEvent:
+    h = event.header
     return StoredEvent(
-        rowid,
-        bytes(author),
-        seq,
-        bytes(eid),
-        lamport,
-        time_ms,
-        kind,
-        epoch,
-        bytes(raw),
-        bool(anchor),
+        rowid, h.author, h.seq, event.id, h.lamport, h.time_ms, h.kind, h.epoch, event.raw, anchor
     )
 
 
@@ -113,7 +118,14 @@ def hex_prefix_bounds(prefix: str, width: int) -> tuple[bytes, bytes]:
 class Store(Database):
     """An open vault database. Use :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        readonly: bool = False,
+        pack: Pack | None = None,
+    ) -> None:
         super().__init__(conn, path, readonly=readonly)
         self._pending_count: int | None = None
         self._dirty_heads: dict[bytes, Head] = {}
@@ -121,22 +133,30 @@ class Store(Database):
         self._event_bytes: int | None = None
         self._recent: OrderedDict[tuple[bytes, int], StoredEvent] = OrderedDict()
         self._recent_bytes = 0
+        self.pack = pack or Pack(pack_path(path), readonly=readonly)
+        self._pack_end: int | None = None
+        """Where this transaction appends packed bytes next (None: not read yet)."""
         # First in each list: the store's own bookkeeping runs before any caller's hook.
         self.pre_commit_hooks.append(self._write_heads)
+        self.pre_commit_hooks.append(self._sync_pack)
         self.rollback_hooks.append(self._forget_uncommitted)
         self.external_change_hooks.append(self._forget_counts)
 
     # --- lifecycle --------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = False) -> Store:
-        """Open (or with ``create``, make) the database at ``path`` and migrate it."""
+    def open(cls, path: Path, *, create: bool = False, pack_of: Path | None = None) -> Store:
+        """Open (or with ``create``, make) the database at ``path`` and migrate it.
+
+        ``pack_of``: read packed events from that database's pack, read-only (``path`` is a
+        scratch copy of it, made with SQLite's backup, which copies no other file)."""
         if not create and not path.exists():
             raise NotFoundError(f"no vault database at {path}")
         conn = None
         try:
             conn = connect(path, create=create)
-            store = cls(conn, path)
+            pack = None if pack_of is None else Pack(pack_path(pack_of), readonly=True)
+            store = cls(conn, path, pack=pack)
             migrate(conn, "eventlog", "eventlog.migrations")
             # Baseline before anyone builds caches: a commit by another process after this
             # point is seen by the first transaction (poll_external_change).
@@ -162,7 +182,12 @@ class Store(Database):
             raise StorageError(f"cannot open {path} even for reading: {exc}") from exc
         return store
 
+    def close(self) -> None:
+        self.pack.close()
+        super().close()
+
     def _forget_uncommitted(self) -> None:
+        self._pack_end = None  # what was appended past the recorded end is garbage now
         self._forget_counts()
         self._recent.clear()  # it may hold events that were never committed
         self._recent_bytes = 0
@@ -195,11 +220,11 @@ class Store(Database):
 
         Call inside :meth:`atomic`: the insert and the head move together.
         """
-        row = _event_row(event, anchor)
+        row = _event_row(event, anchor, self._packed([event])[0])
         cur = self.conn.execute(_INSERT_EVENT, row)
         rowid = cur.lastrowid
         assert rowid is not None
-        self._inserted(event, [StoredEvent(rowid, *row[:-1], anchor)])
+        self._inserted(event, [_stored(rowid, event, anchor)])
         return rowid
 
     def insert_run(self, events: list[Event]) -> list[int]:
@@ -210,7 +235,10 @@ class Store(Database):
         event was a fifth of the receiving process's time. Call inside :meth:`atomic`.
         """
         last = events[-1]
-        rows = [_event_row(event, event is last) for event in events]
+        places = self._packed(events)
+        rows = [
+            _event_row(event, event is last, at) for event, at in zip(events, places, strict=True)
+        ]
         self.conn.executemany(_INSERT_EVENT, rows)
         rowids = [
             r[0]
@@ -224,11 +252,63 @@ class Store(Database):
         self._inserted(
             last,
             [
-                StoredEvent(rowid, *row[:-1], bool(row[-1]))
-                for rowid, row in zip(rowids, rows, strict=True)
+                _stored(rowid, event, event is last)
+                for rowid, event in zip(rowids, events, strict=True)
             ],
         )
         return rowids
+
+    def _packed(self, events: list[Event]) -> list[int | None]:
+        """Write the big ones of ``events`` to the pack (one call); where each went, or None
+        for one small enough to stay in its row. Call inside :meth:`atomic`."""
+        big = [event.raw for event in events if len(event.raw) >= PACK_MIN]
+        if not big:
+            return [None] * len(events)
+        if self._pack_end is None:
+            row = self.query_one("SELECT at FROM pack_end")
+            self._pack_end = int(row[0]) if row else 0
+        at = start = self._pack_end
+        places: list[int | None] = []
+        for event in events:
+            if len(event.raw) >= PACK_MIN:
+                places.append(at)
+                at += len(event.raw)
+            else:
+                places.append(None)
+        self.pack.write(start, big)
+        self._pack_end = at
+        return places
+
+    def _sync_pack(self) -> None:
+        """Pre-commit: the packed bytes reach the disk before the rows that name them."""
+        if self._pack_end is None:
+            return
+        self.pack.sync()
+        self.conn.execute("UPDATE pack_end SET at = ?", (self._pack_end,))
+        self._pack_end = None
+
+    def _row(self, row: tuple[Any, ...]) -> StoredEvent:
+        rowid, author, seq, eid, lamport, time_ms, kind, epoch, anchor, *where = row
+        return StoredEvent(
+            rowid,
+            bytes(author),
+            seq,
+            bytes(eid),
+            lamport,
+            time_ms,
+            kind,
+            epoch,
+            self.raw(*where),
+            bool(anchor),
+        )
+
+    def raw(self, raw: bytes, pack_at: int | None, pack_len: int | None) -> bytes:
+        """An event's bytes from its ``RAW_COLUMNS``."""
+        if pack_at is None:
+            return bytes(raw)
+        if pack_len is None:
+            raise StorageError("an event row names a place in the pack but no length")
+        return self.pack.read(pack_at, pack_len)
 
     def _inserted(self, last: Event, stored: list[StoredEvent]) -> None:
         """Book what ``insert_event`` / ``insert_run`` stored: the head, sizes, the cache."""
@@ -274,7 +354,7 @@ class Store(Database):
         row = self.query_one(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE author = ? AND seq = ?", (author, seq)
         )
-        return None if row is None else _row(row)
+        return None if row is None else self._row(row)
 
     def event_by_id(self, event_id: bytes) -> StoredEvent | None:
         rows = self._events_with_ids(event_id, event_id, 1)
@@ -282,7 +362,7 @@ class Store(Database):
 
     def event_by_rowid(self, rowid: int) -> StoredEvent | None:
         row = self.query_one(f"SELECT {_EVENT_COLUMNS} FROM events WHERE rowid = ?", (rowid,))
-        return None if row is None else _row(row)
+        return None if row is None else self._row(row)
 
     def resolve_event(self, prefix: str) -> StoredEvent:
         """The one event whose hex id starts with ``prefix`` (git-style)."""
@@ -310,7 +390,7 @@ class Store(Database):
                 " LIMIT ?",
                 (upto, low, high, limit - len(rows)),
             )
-        return [_row(r) for r in rows]
+        return [self._row(r) for r in rows]
 
     def index_ids(self) -> int:
         """File the ids of events stored since the last lookup; returns the rowid covered.
@@ -355,7 +435,7 @@ class Store(Database):
         if recent is not None and (recent or not run_on):
             return recent
         sizes = self.query_all(  # sizes first: length() does not read the blobs
-            "SELECT seq, length(raw), anchor FROM events WHERE author = ? AND seq BETWEEN ? AND ?"
+            f"SELECT seq, {SIZE_SQL}, anchor FROM events WHERE author = ? AND seq BETWEEN ? AND ?"
             " ORDER BY seq",
             (author, first, min(last, first + max_events - 1)),
         )
@@ -399,10 +479,11 @@ class Store(Database):
 
     def _raws(self, author: bytes, first: int, last: int) -> list[bytes]:
         rows = self.query_all(
-            "SELECT raw FROM events WHERE author = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+            f"SELECT {RAW_COLUMNS} FROM events WHERE author = ? AND seq BETWEEN ? AND ?"
+            " ORDER BY seq",
             (author, first, last),
         )
-        return [raw for (raw,) in rows]
+        return [self.raw(*where) for where in rows]
 
     def range(self, author: bytes, first: int, last: int) -> list[StoredEvent]:
         """Events ``first..last`` (inclusive) of one author, in seq order."""
@@ -411,7 +492,7 @@ class Store(Database):
             " ORDER BY seq",
             (author, first, last),
         )
-        return [_row(r) for r in rows]
+        return [self._row(r) for r in rows]
 
     def events_after(self, rowid: int, limit: int = 1000) -> list[StoredEvent]:
         """Events in local arrival order after ``rowid`` (what subscribers and rebuilds read)."""
@@ -419,22 +500,22 @@ class Store(Database):
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (rowid, limit),
         )
-        return [_row(r) for r in rows]
+        return [self._row(r) for r in rows]
 
     def raws_after(self, rowid: int, limit: int = 1000) -> list[tuple[int, bytes, bytes]]:
         """``(rowid, raw, id)`` of the events after ``rowid``, in arrival order: all that
         applying them needs (a catch-up after a bulk sync reads every event once more, and a
         full row object per event was a tenth of that)."""
         rows = self.query_all(
-            "SELECT rowid, raw, id FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            f"SELECT rowid, id, {RAW_COLUMNS} FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (rowid, limit),
         )
-        return [(rowid, bytes(raw), bytes(event_id)) for rowid, raw, event_id in rows]
+        return [(rowid, self.raw(*where), bytes(event_id)) for rowid, event_id, *where in rows]
 
     def bytes_held(self) -> int:
         """Bytes of stored and pending events: what a relay's quota counts."""
         if self._event_bytes is None:
-            row = self.query_one("SELECT coalesce(sum(length(raw)), 0) FROM events")
+            row = self.query_one(f"SELECT coalesce(sum({SIZE_SQL}), 0) FROM events")
             self._event_bytes = int(row[0]) if row else 0
         pending = 0
         if self.pending_count():
@@ -548,4 +629,4 @@ class Store(Database):
             f"SELECT {_EVENT_COLUMNS} FROM events INDEXED BY events_roster WHERE kind != 2"
             " ORDER BY rowid"
         )
-        return [_row(r) for r in rows]
+        return [self._row(r) for r in rows]

@@ -32,6 +32,7 @@ from engine.engine import Engine, Record
 from eventlog.envelope import decode_event
 from eventlog.errors import ShoalError
 from eventlog.migrate import migrate
+from eventlog.store import E_RAW_COLUMNS
 from processors.catalog import FileSource, Source, TextSource, text_hash
 from processors.jobs import (
     JOB_TYPES,
@@ -162,14 +163,14 @@ class Derived:
         none of them a second time.
         """
         rows = self.store.query_all(
-            "SELECT e.rowid, e.raw FROM event_index i JOIN events e ON e.rowid = i.rowid"
+            f"SELECT e.rowid, {E_RAW_COLUMNS} FROM event_index i JOIN events e ON e.rowid = i.rowid"
             f" WHERE i.rowid > ? AND i.rowid <= ? AND i.type IN ({_TYPES_SQL})"
             " ORDER BY i.rowid LIMIT ?",
             (after, upto, BATCH),
         )
         records = []
-        for rowid, raw in rows:
-            event = decode_event(bytes(raw))
+        for rowid, *where in rows:
+            event = decode_event(self.store.raw(*where))
             try:
                 payload = self.engine.keyring.open_payload(event)
             except ShoalError:

@@ -113,7 +113,7 @@ def _scratch_copy(replica: Replica) -> Iterator[tuple[Replica, Path]]:
             raise StorageError(f"cannot copy the database for --deep: {exc}") from exc
         finally:
             target.close()
-        store = Store.open(path)
+        store = Store.open(path, pack_of=replica.store.path)
         keyring = Keyring(replica.engine.keyring.epochs())
         engine = Engine(Log(store), replica.engine.signer, keyring)
         scratch = Replica(replica.home, engine, replica.kx)

@@ -6,6 +6,7 @@ Layout (DESIGN.md "Storage layout")::
     HOME/identity/kx.key        X25519 private key (0600)
     HOME/identity/vault.keys    epoch -> vault key, msgpack (0600)
     HOME/vault.db               the SQLite store (events + derived state)
+    HOME/vault.pack             the bytes of big events (16 KiB and up), append-only (0600)
     HOME/config.toml            replica name and settings
 
 The home is ``--home``, else ``$SHOAL_HOME``, else the user's XDG data dir.

@@ -415,14 +415,17 @@ def _outcome_or_error(log: Log, raws: list[bytes]) -> tuple[Any, ...]:
 
 
 def _tables(store: Store) -> tuple[list[tuple[Any, ...]], ...]:
-    return tuple(
-        store.query_all(sql)
-        for sql in (
-            "SELECT rowid, author, seq, id, lamport, anchor, raw FROM events ORDER BY rowid",
-            "SELECT * FROM heads ORDER BY author",
-            "SELECT author, seq, id, anchor FROM pending ORDER BY author, seq",
-            "SELECT * FROM equivocations ORDER BY 1, 2",
-        )
+    events = [tuple(row) for row in store.events_after(0, 1_000_000)]  # bytes from the pack too
+    return (
+        events,
+        *tuple(
+            store.query_all(sql)
+            for sql in (
+                "SELECT * FROM heads ORDER BY author",
+                "SELECT author, seq, id, anchor FROM pending ORDER BY author, seq",
+                "SELECT * FROM equivocations ORDER BY 1, 2",
+            )
+        ),
     )
 
 

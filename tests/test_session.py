@@ -334,7 +334,7 @@ def test_relay_quota_counts_what_it_parks(trio: list[Replica], tmp_path: Path) -
         assert info.value.code is CloseCode.QUOTA_EXCEEDED
         held = vault.log.store.query_one(
             "SELECT (SELECT coalesce(sum(length(raw)), 0) FROM pending)"
-            " + (SELECT coalesce(sum(length(raw)), 0) FROM events)"
+            " + (SELECT coalesce(sum(coalesce(pack_len, length(raw))), 0) FROM events)"
         )
         assert held is not None and 0 < held[0] <= quota
     finally:

@@ -28,6 +28,7 @@ import pytest
 
 from eventlog.crypto import one_time_key
 from eventlog.envelope import decode_event
+from eventlog.store import Store
 from tests.slow.conftest import (
     SCALE,
     SHOAL,
@@ -199,8 +200,8 @@ def test_kill_minus_nine_at_random_points(procs: Procs, tmp_path: Path) -> None:
     for home in (a, b):
         check_home(home, doc, tally, rng, tmp_path)
     # Nonces (one-time key salts) never repeated across every process that wrote, killed or not.
-    with contextlib.closing(sqlite3.connect(db(a))) as conn:
-        raws = [bytes(r[0]) for r in conn.execute("SELECT raw FROM events WHERE epoch != 0")]
+    with contextlib.closing(Store.open(db(a))) as store:
+        raws = [row.raw for row in store.events_after(0, 10**9) if row.epoch != 0]
     salts = [decode_event(raw).header.nonce for raw in raws]
     assert len(set(salts)) == len(salts) and len(
         {one_time_key(bytes(32), s) for s in salts}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from eventlog.crypto import SALT_BYTES, one_time_key
 from eventlog.envelope import decode_event
+from eventlog.store import Store
 from replicas.home import Home
 from replicas.vault import init_vault, open_replica
 from tests.slow.conftest import SCALE
@@ -56,8 +56,8 @@ def test_no_nonce_repeats_across_restarts(tmp_path: Path) -> None:
             timeout=3600,
             cwd=Path(__file__).parents[2],
         )
-    with contextlib.closing(sqlite3.connect(home / "vault.db")) as conn:
-        raws = [bytes(r[0]) for r in conn.execute("SELECT raw FROM events WHERE epoch != 0")]
+    with contextlib.closing(Store.open(home / "vault.db")) as store:
+        raws = [row.raw for row in store.events_after(0, 10**9) if row.epoch != 0]
     with contextlib.closing(open_replica(Home(home))) as replica:
         events_key = replica.engine.keyring.events_key(1)
     salts: set[bytes] = set()
