@@ -597,7 +597,7 @@ def add(ctx: Context, paths: tuple[Path, ...], as_json: bool) -> None:
                 result = folder.scan(advance)
             else:
                 local = path.resolve()
-                folder = Folder(replica, local.parent, report=_report)
+                folder = Folder(replica, local.parent, report=_report, marked=False)
                 result = ScanResult()
                 folder.ingest_all([(local, local.lstat())], result)
             for name in (

@@ -144,7 +144,7 @@ def _files(demo: Demo, watched: Path, mirror: Path) -> None:
     _wait("the merge", merged)
     say("\n== Merged in the mirror: both edits kept, no conflict copy")
     say((mirror / "packing.md").read_text().rstrip())
-    say(f"files in the mirror: {sorted(p.name for p in mirror.iterdir())}")
+    say(f"files in the mirror: {sorted(p.name for p in mirror.iterdir() if p.is_file())}")
 
 
 def _processing(demo: Demo) -> None:

@@ -42,8 +42,12 @@ if TYPE_CHECKING:
 
 IGNORE_FILE: Final = ".shoalignore"
 TEMP_PREFIX: Final = ".shoal-tmp-"
+MARKER: Final = ".shoalfolder"
+"""A directory made in a folder when it is bound: while it is missing, the folder is taken as
+absent (its drive unmounted, leaving an empty mount point), not as emptied."""
 DEFAULT_IGNORES: Final = (
     f"{TEMP_PREFIX}*",
+    f"{MARKER}/",
     "*.tmp",
     "*.part",
     "*.partial",
@@ -62,6 +66,7 @@ DEFAULT_IGNORES: Final = (
 """Temporary and partial files of editors, browsers and sync tools, never worth syncing."""
 MAX_NAME_BYTES: Final = 255
 MAX_JUST_WRITTEN: Final = 100_000
+MAX_IGNORE_ANSWERS: Final = 100_000
 BATCH_FILES: Final = 100
 BATCH_BYTES: Final = 4 * 1024 * 1024
 """A commit per this many files or bytes: the daemon on the home sends what is committed, so
@@ -138,8 +143,16 @@ class Folder:
     """One folder bound to the vault, as a watched source or a two-way mirror."""
 
     def __init__(
-        self, replica: Replica, root: Path, *, mirror: bool = False, report: Report | None = None
+        self,
+        replica: Replica,
+        root: Path,
+        *,
+        mirror: bool = False,
+        report: Report | None = None,
+        marked: bool = True,
     ) -> None:
+        """``marked``: the folder is bound (watched, mirrored or scanned whole), so it gets its
+        ``MARKER``; ``shoal add FILE`` only reads one file of it and leaves no trace there."""
         if not root.is_dir():
             raise NotFoundError(f"{root}: not a directory")
         self.replica = replica
@@ -151,6 +164,7 @@ class Folder:
         self.store = replica.store
         migrate(self.store.conn, "folders", "replicas.migrations")
         self.ignore = _ignore_spec(self.root)
+        self._ignored: dict[str, bool] = {}
         self.incomplete: set[bytes] = set()
         """Files the mirror could not write yet because some chunks have not arrived."""
         self._just_written: dict[Path, tuple[int, int]] = {}
@@ -162,6 +176,40 @@ class Folder:
         (cleared when a batch starts; a fresh resolve per file was a tenth of the mirror's
         time)."""
         self.store.rollback_hooks.append(self._just_written.clear)
+        self.marked = marked and self._mark()
+
+    def _mark(self) -> bool:
+        """Make sure the folder has its marker; False if it cannot have one (read-only).
+
+        A folder bound before markers existed gets one if it holds anything. One the vault
+        has files of but that is empty and unmarked is refused: that is what an unmounted
+        drive looks like, and a scan would take every file as deleted (Syncthing's
+        ``.stfolder`` rule)."""
+        marker = self.root / MARKER
+        if marker.is_dir():
+            return True
+        bound = self.store.query_one(
+            "SELECT 1 FROM folder_files WHERE root = ? LIMIT 1", (self.key,)
+        )
+        if bound is not None and not any(self.root.iterdir()):
+            raise NotFoundError(
+                f"{self.root}: empty, and its marker {MARKER} is missing (is its drive"
+                " mounted?); nothing was taken as deleted. If you emptied it on purpose,"
+                f" run `mkdir {marker}` and start again"
+            )
+        try:
+            marker.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            self.report(
+                f"{self.root}: cannot make its marker {MARKER} ({exc.strerror or exc}): an"
+                " unmounted drive would look like a folder whose files were all deleted"
+            )
+            return False
+        return True
+
+    def present(self) -> bool:
+        """The folder is there (not removed, and its drive mounted: its marker is in it)."""
+        return (self.root / MARKER).is_dir() if self.marked else self.root.is_dir()
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -256,7 +304,15 @@ class Folder:
         return target
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
-        return self.ignore.match_file(path + "/" if is_dir else path)
+        """Matched by the folder's ignore patterns (remembered: ~30 us a path, and a found
+        file is asked about where it is found and again where it is read)."""
+        key = path + "/" if is_dir else path
+        known = self._ignored.get(key)
+        if known is None:
+            if len(self._ignored) >= MAX_IGNORE_ANSWERS:
+                self._ignored.clear()
+            known = self._ignored[key] = bool(self.ignore.match_file(key))
+        return known
 
     def walk(self, start: Path | None = None) -> Iterable[tuple[Path, os.stat_result]]:
         """Every regular file under the root or ``start`` (no symlinks followed: no loops)."""
@@ -395,6 +451,9 @@ class Folder:
     def scan(self, progress: Callable[[int, int], None] | None = None) -> ScanResult:
         """Reconcile the whole folder with the vault (at start, and for new directories)."""
         result = ScanResult()
+        if not self.present():
+            self._problem(result, self.gone_line())
+            return result
         known = self._all_seen()
         present = list(self.walk())
         paths = self.vault_paths([local for local, _ in present], result)
@@ -485,11 +544,12 @@ class Folder:
         """
         changes = list(changes)
         result = ScanResult()
-        if not self.root.is_dir():
+        if not self.present():
             self._problem(result, self.gone_line())
             return result  # the deletions it reports are the folder's, not the files'
         if any(local.name == IGNORE_FILE for _, local in changes):
             self.ignore = _ignore_spec(self.root)
+            self._ignored.clear()
         present: dict[Path, os.stat_result] = {}
         gone: dict[str, Seen] = {}
         for _, local in changes:
@@ -561,6 +621,9 @@ class Folder:
     def materialize(self, doc_ids: Iterable[bytes] | None) -> int:
         """Write the vault's current files into the folder; returns how many were written."""
         store = self.store
+        if not self.present():  # an empty mount point is not the folder: write nothing there
+            self.report(self.gone_line())
+            return 0
         if doc_ids is None:
             entries = files.file_entries(store, deleted=True)
         else:
@@ -735,8 +798,9 @@ class Folder:
 
     def gone_line(self) -> str:
         return (
-            f"{self.root}: the folder itself is gone (removed, or its drive unmounted); its"
-            " files are not taken as deleted, and it is not followed until it is back"
+            f"{self.root}: the folder itself is gone (removed, or its drive unmounted: its"
+            f" marker {MARKER} is missing); its files are not taken as deleted, and it is not"
+            " followed until it is back"
         )
 
     def _problem(self, result: ScanResult, line: str) -> None:

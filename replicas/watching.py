@@ -119,7 +119,7 @@ async def _follow_disk(folders: list[Folder], stop: asyncio.Event) -> None:
                 log.error("%s: %s", root, exc)
                 continue
             log.info("%s: %s", root, summary(result))
-        gone = [folder for folder in folders if not folder.root.is_dir()]
+        gone = [folder for folder in folders if not folder.present()]
         if gone:
             raise ShoalError("; ".join(folder.gone_line() for folder in gone))
 

@@ -21,7 +21,7 @@ from engine.blobs import CHUNK_MAX, CHUNK_MIN, BlobKeys, cut
 from engine.ingest import FileWriter
 from eventlog.errors import NotFoundError, ShoalError
 from replicas.filesout import content, resolve_file
-from replicas.folders import STREAM_BYTES, Folder, ScanResult
+from replicas.folders import MARKER, STREAM_BYTES, Folder, ScanResult
 from replicas.inspect import status
 from replicas.vault import Replica
 from replicas.watching import open_folders, run_folders
@@ -208,7 +208,7 @@ def test_binary_conflict_has_one_winner_everywhere(trio: list[Replica], tmp_path
         assert [c.path for c in files.conflicts(replica.store)] == ["photo.jpg"]
         assert status(replica)["conflicts"] == ["photo.jpg"]  # what `shoal status` prints
         assert {mine, theirs} <= conflict_versions(replica, "photo.jpg")  # loser in history
-    assert not [p for p in fa.root.iterdir() if p.name != "photo.jpg"]
+    assert not [p for p in fa.root.iterdir() if p.name not in ("photo.jpg", MARKER)]
 
 
 def test_an_edit_made_before_a_newer_version_arrived_is_a_conflict_not_an_overwrite(
@@ -299,7 +299,9 @@ def test_the_same_new_path_made_on_two_replicas_is_one_winner_and_reported(
         claims = [e for e in files.file_entries(replica.store) if e.path == "same.bin"]
         kept = {b"".join(content(replica, e.doc_id, None)) for e in claims}
         assert kept == set(made.values())  # the other is still there, by its document id
-    assert not [p for p in fa.root.iterdir() if p.name != "same.bin"]  # no conflict copies
+    assert not [
+        p for p in fa.root.iterdir() if p.name not in ("same.bin", MARKER)
+    ]  # no conflict copies
     home = tmp_path / "b"  # and what a user of B reads (real `shoal` processes)
     assert "clash      same.bin: made on several replicas" in run(home, "status").stdout
     listed = [f for f in run_json(home, "files") if f["path"] == "same.bin"]
@@ -627,13 +629,23 @@ def test_a_file_edited_during_the_startup_scan_is_not_missed(
     assert current(a, edited[0]) == b"edited during the scan\n"
 
 
+def empty(root: Path) -> None:
+    """Remove everything in ``root``, which stays: what an unmounted drive leaves behind."""
+    for child in sorted(root.rglob("*"), reverse=True):
+        if child.is_dir():
+            child.rmdir()
+        else:
+            child.unlink()
+
+
+@pytest.mark.parametrize("how", ["removed", "unmounted"])
 def test_a_watched_folder_that_vanishes_deletes_nothing_and_stops_loudly(
-    make_replica: Callable[[str], Replica], tmp_path: Path
+    make_replica: Callable[[str], Replica], tmp_path: Path, how: str
 ) -> None:
-    """The folder itself goes away (removed, or its drive unmounted), every file with it:
-    that must not turn every file into a tombstone (which every mirror would then delete).
-    Real watchfiles: the watch goes silent after the deletion, so following must fail
-    loudly rather than go on blind."""
+    """The folder itself goes away (removed, or its drive unmounted: an empty mount point
+    stays), every file with it: that must not turn every file into a tombstone (which every
+    mirror would then delete). Real watchfiles: the watch goes silent after a removal, so
+    following must fail loudly rather than go on blind."""
     a = make_replica("a")
     src, reports = folder(a, tmp_path / "src")
     for i in range(3):
@@ -644,9 +656,9 @@ def test_a_watched_folder_that_vanishes_deletes_nothing_and_stops_loudly(
         stop = asyncio.Event()
         task = asyncio.create_task(run_folders(a, [src], stop))
         await asyncio.sleep(0.5)
-        for child in src.root.iterdir():
-            child.unlink()
-        src.root.rmdir()  # the folder goes away, every file with it
+        empty(src.root)  # every file goes, and the marker with them
+        if how == "removed":
+            src.root.rmdir()
         try:
             await asyncio.wait_for(task, 10)
         finally:
@@ -762,3 +774,57 @@ def test_blob_hashes_follow_the_vaults_founding_format(make_replica) -> None:
     writer.put("f.bin", io.BytesIO(data), mtime_ms=0)
     chunk = BlobKeys(replica.engine.keyring, 2).chunk_id(data)
     assert files.has_chunk(replica.store, chunk)  # the new vault stored it under BLAKE3
+
+
+def test_an_unmounted_drive_is_not_a_folder_whose_files_were_deleted(
+    make_replica: Callable[[str], Replica], tmp_path: Path
+) -> None:
+    """The drive was unmounted while shoal was stopped: the next start finds an empty mount
+    point. Without the marker its scan took every file as deleted; now the folder is refused
+    with one line and nothing is deleted, until the drive is back or the user says the
+    folder was emptied on purpose (by making the marker)."""
+    a = make_replica("a")
+    src, _ = folder(a, tmp_path / "src")
+    for i in range(3):
+        (src.root / f"f{i}.txt").write_text(f"file {i}\n")
+    src.scan()
+    assert (src.root / MARKER).is_dir()
+    empty(src.root)  # unmounted: the mount point is an empty directory
+    with pytest.raises(NotFoundError, match=f"empty, and its marker {MARKER} is missing"):
+        Folder(a, src.root)
+    assert len(files.file_entries(a.store)) == 3  # nothing taken as deleted
+    (src.root / MARKER).mkdir()  # "I emptied it on purpose"
+    result = Folder(a, src.root).scan()
+    assert result.deleted == 3 and files.file_entries(a.store) == []
+
+
+def test_a_folder_bound_before_markers_gets_one_and_an_absent_marker_stops_the_mirror(
+    make_replica: Callable[[str], Replica], tmp_path: Path
+) -> None:
+    """A folder bound by an older shoal (records, no marker) that still holds its files is
+    given a marker and scanned as usual; a mirror whose marker goes missing while it runs
+    writes nothing into what is then an empty mount point."""
+    a = make_replica("a")
+    src, _ = folder(a, tmp_path / "src")
+    (src.root / "kept.txt").write_text("kept\n")
+    src.scan()
+    (src.root / MARKER).rmdir()  # as an older shoal left it
+    again = Folder(a, src.root)
+    assert (src.root / MARKER).is_dir() and again.scan().deleted == 0
+    mirror, reports = folder(a, tmp_path / "mirror", mirror=True)
+    mirror.scan()
+    assert (mirror.root / "kept.txt").read_bytes() == b"kept\n"
+    empty(mirror.root)  # its drive is unmounted under it
+    src.writer.put("new.txt", io.BytesIO(b"new\n"), mtime_ms=1)
+    assert mirror.materialize(None) == 0
+    assert list(mirror.root.iterdir()) == []
+    assert any("the folder itself is gone" in line for line in reports)
+
+
+def test_adding_one_file_leaves_no_marker_beside_it(tmp_path: Path) -> None:
+    home, loose = tmp_path / "home", tmp_path / "downloads"
+    run(home, "init", "--name", "a")
+    loose.mkdir()
+    (loose / "one.txt").write_text("one\n")
+    run(home, "add", str(loose / "one.txt"))
+    assert sorted(p.name for p in loose.iterdir()) == ["one.txt"]
