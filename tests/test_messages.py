@@ -33,6 +33,7 @@ from transport.messages import (
     Probe,
     Proof,
     ProtocolError,
+    _canonical,
     decode,
     encode,
 )
@@ -379,3 +380,61 @@ def test_fuzz_bit_flips_in_valid_frames(message: Message, data: st.DataObject) -
         i = data.draw(st.integers(0, len(frame) - 1))
         frame[i] ^= data.draw(st.integers(1, 255))
     _check_total(bytes(frame))
+
+
+def _any_form(value: Any, draw: Draw) -> bytes:
+    """Any valid msgpack encoding of ``value``: every header form whose range holds it,
+    signed forms for positive integers and float 32 for floats included."""
+    if isinstance(value, bool) or value is None or value == {}:
+        return bytes(msgpack.packb(value))
+    if isinstance(value, float):
+        single = abs(value) < 3e38 and struct.unpack(">f", struct.pack(">f", value))[0] == value
+        if single and draw(st.booleans()):
+            return b"\xca" + struct.pack(">f", value)
+        return b"\xcb" + struct.pack(">d", value)
+    if isinstance(value, int):
+        forms = [(b"", ">B", 0, 0x7F), (b"", ">b", -32, -1)]
+        forms += [(b"\xcc", ">B", 0, 2**8 - 1), (b"\xcd", ">H", 0, 2**16 - 1)]
+        forms += [(b"\xce", ">I", 0, 2**32 - 1), (b"\xcf", ">Q", 0, 2**64 - 1)]
+        forms += [(b"\xd0", ">b", -(2**7), 2**7 - 1), (b"\xd1", ">h", -(2**15), 2**15 - 1)]
+        forms += [(b"\xd2", ">i", -(2**31), 2**31 - 1), (b"\xd3", ">q", -(2**63), 2**63 - 1)]
+        usable = [f for f in forms if f[2] <= value <= f[3]]
+        prefix, fmt, _, _ = draw(st.sampled_from(usable))
+        return bytes(prefix + struct.pack(fmt, value))
+    if isinstance(value, list):
+        n = len(value)
+        heads = [(b"", "", 15)] if n <= 15 else []
+        heads += [(b"\xdc", ">H", 0xFFFF), (b"\xdd", ">I", 2**32 - 1)]
+        prefix, fmt, _ = _pick(draw, [f for f in heads if n <= f[2]])
+        head = bytes([0x90 | n]) if not fmt else prefix + struct.pack(fmt, n)
+        return head + b"".join(_any_form(item, draw) for item in value)
+    return _wide_pack(value, draw)  # bytes and str
+
+
+INT_EDGES = [
+    edge + step
+    for edge in (-(2**63), -(2**31), -(2**15), -(2**7), -32, 0, 2**7, 2**8, 2**16, 2**32, 2**64)
+    for step in (-1, 0, 1)
+    if -(2**63) <= edge + step < 2**64
+]
+any_value: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.sampled_from(INT_EDGES)
+    | st.floats(allow_nan=False)
+    | st.binary(max_size=300)
+    | st.text(max_size=300)
+    | st.just({}),
+    lambda inner: st.lists(inner, max_size=20),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=500)
+@given(any_value, st.data())
+def test_the_canonical_check_agrees_with_re_encoding(value: Any, data: st.DataObject) -> None:
+    """``_canonical`` walks headers instead of re-packing the frame: for any value and any
+    valid encoding of it, it must say exactly what comparing with ``packb`` says."""
+    frame = _any_form(value, data.draw)
+    assert _canonical(frame) == (msgpack.packb(msgpack.unpackb(frame), use_bin_type=True) == frame)
