@@ -24,7 +24,7 @@ from rich.table import Table
 
 from engine import views
 from eventlog.errors import NotFoundError, ShoalError
-from replicas import inspect
+from replicas import allocator, inspect
 from replicas.home import Home, default_home
 from replicas.vault import Replica, init_vault, opened
 
@@ -112,6 +112,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (
 @click.pass_context
 def main(ctx: click.Context, home: Path | None) -> None:
     """shoal: your documents on all your machines, encrypted, signed and in agreement."""
+    allocator.tune()
     ctx.obj = Context(home if home is not None else default_home())
     # One-shot commands report failures as one line; daemons turn logging on (-v).
     logging.getLogger("shoal").setLevel(logging.ERROR)

@@ -54,8 +54,11 @@ def pad(payload: bytes) -> bytearray:
     return framed
 
 
-def unpad(plaintext: bytes) -> bytes:
-    """The payload of a padded plaintext; raises ``MalformedError`` unless it is canonical."""
+def unpad(plaintext: bytes) -> memoryview:
+    """The payload of a padded plaintext; raises ``MalformedError`` unless it is canonical.
+
+    A view, not a copy: the payload decoder copies what it keeps anyway (a 1 MiB chunk was
+    copied here first, ~0.5 ms of the ~3 ms a mirror spends per MiB it writes)."""
     if len(plaintext) < PREFIX_BYTES:
         raise MalformedError("sealed body: shorter than its length prefix")
     length = int.from_bytes(plaintext[:PREFIX_BYTES], "big")
@@ -67,4 +70,4 @@ def unpad(plaintext: bytes) -> bytes:
     tail = memoryview(plaintext)[end:]
     if tail.nbytes and plaintext.count(0, end) != tail.nbytes:
         raise MalformedError("sealed body: padding is not all zeros")
-    return plaintext[PREFIX_BYTES:end]
+    return memoryview(plaintext)[PREFIX_BYTES:end]

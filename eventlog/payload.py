@@ -24,7 +24,7 @@ def encode_payload(payload: Payload) -> bytes:
     return msgpack.packb(payload, use_bin_type=True)
 
 
-def decode_payload(data: bytes) -> Payload:
+def decode_payload(data: bytes | memoryview) -> Payload:
     """Strictly decode a payload map; raise a ``DecodeError`` subclass if it is not one."""
     try:
         value = msgpack.unpackb(

@@ -56,6 +56,9 @@ class Keyring:
         return key
 
     def open_body(self, event: Event) -> bytes:
+        return bytes(self._open(event))
+
+    def _open(self, event: Event) -> bytes | memoryview:
         """The plaintext payload bytes of an event (public bodies as they are), unpadded."""
         if event.epoch == 0:
             return event.body
@@ -68,7 +71,7 @@ class Keyring:
         return unpad(padded)
 
     def open_payload(self, event: Event) -> Payload:
-        return decode_payload(self.open_body(event))
+        return decode_payload(self._open(event))
 
 
 @dataclass(frozen=True, slots=True)

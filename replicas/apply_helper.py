@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from eventlog.errors import ShoalError
+from replicas import allocator
 from replicas.children import spawn_tied
 from replicas.home import Home
 from replicas.vault import open_replica
@@ -105,6 +106,7 @@ def follow(home: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
+    allocator.tune()
     logging.basicConfig(level=logging.WARNING, format="shoal apply helper: %(message)s")
     try:
         return follow(Path(argv[1]))

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+from replicas import allocator
 from replicas.children import spawn_tied
 
 log = logging.getLogger("shoal.folders")
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mirror", type=Path, action="append", default=[])
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
+    allocator.tune()
     logging.basicConfig(  # as the daemon's own log lines
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
