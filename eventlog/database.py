@@ -79,6 +79,8 @@ class Database:
         self.readonly = readonly
         """Opened for reading only (the disk is full): every transaction fails, typed."""
         self._depth = 0
+        self._reading = False
+        """A read snapshot (``reading``) is open, and no write transaction."""
         self._transaction = _Transaction(self)
         self._data_version: int | None = None
         self.pre_commit_hooks: list[Callable[[], None]] = []
@@ -96,7 +98,25 @@ class Database:
         """One transaction; nested uses join the outer one. Rolls back on any exception."""
         return self._transaction
 
+    def reading(self) -> AbstractContextManager[None]:
+        """One read snapshot for a run of queries made outside any write transaction.
+
+        Each query outside a transaction is a read transaction of its own: it takes and drops
+        SQLite's WAL locks (~13 ``fcntl`` calls for a mirror's file), and when another
+        process has committed since (a daemon storing what arrives) SQLite drops its whole
+        page cache and reads the pages back (~6 ``pread`` calls a file). Inside a snapshot
+        they share one read transaction and its cache. A write transaction opened inside
+        ends the snapshot first (reads after it see the latest state, one by one again)."""
+        return _Reading(self)
+
+    def _end_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")  # a read transaction: nothing to write
+
     def _open_transaction(self) -> None:
+        self._end_reading()
         if self.readonly:
             raise StorageError(
                 f"{self.path} is open read-only (the disk was full): nothing can be written"
@@ -186,6 +206,27 @@ def out_of_space(exc: sqlite3.DatabaseError) -> bool:
     cannot create its WAL files, "database or disk is full" when a write ran out)."""
     text = str(exc).lower()
     return "disk i/o error" in text or "disk is full" in text
+
+
+class _Reading:
+    """``Database.reading``'s context manager (no-op inside a transaction or snapshot)."""
+
+    __slots__ = ("began", "store")
+
+    def __init__(self, store: Database) -> None:
+        self.store = store
+        self.began = False
+
+    def __enter__(self) -> None:
+        store = self.store
+        self.began = not store._depth and not store._reading and not store.conn.in_transaction
+        if self.began:
+            store.conn.execute("BEGIN")  # deferred: a read transaction from the first read
+            store._reading = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.began:
+            self.store._end_reading()
 
 
 class _Transaction:

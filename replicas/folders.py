@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import secrets
 import stat
@@ -28,7 +29,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Final
+from typing import TYPE_CHECKING, Final
 
 from engine import files
 from engine.ingest import FileWriter, Put
@@ -624,10 +625,11 @@ class Folder:
         if not self.present():  # an empty mount point is not the folder: write nothing there
             self.report(self.gone_line())
             return 0
-        if doc_ids is None:
-            entries = files.file_entries(store, deleted=True)
-        else:
-            entries = [e for d in doc_ids if (e := files.file_entry(store, d)) is not None]
+        with store.reading():
+            if doc_ids is None:
+                entries = files.file_entries(store, deleted=True)
+            else:
+                entries = [e for d in doc_ids if (e := files.file_entry(store, d)) is not None]
         written = 0
         for start in range(0, len(entries), BATCH_FILES):
             # Files are written outside any transaction, and what the folder now holds is
@@ -638,14 +640,15 @@ class Folder:
             wrote = 0
             self._resolved.clear()  # links made since the last batch are seen
             self.replica.log.refresh()  # documents another process changed are reloaded
-            for entry in entries[start : start + BATCH_FILES]:
-                try:
-                    if self._materialize_one(entry, later):
-                        wrote += 1
-                except ShoalError as exc:
-                    self.report(f"not written {entry.path}: {exc}")
-                except OSError as exc:
-                    self.report(f"not written {entry.path}: {exc.strerror or exc}")
+            with store.reading():  # the batch's lookups share one snapshot and its cache
+                for entry in entries[start : start + BATCH_FILES]:
+                    try:
+                        if self._materialize_one(entry, later):
+                            wrote += 1
+                    except ShoalError as exc:
+                        self.report(f"not written {entry.path}: {exc}")
+                    except OSError as exc:
+                        self.report(f"not written {entry.path}: {exc.strerror or exc}")
             if wrote:
                 # The files must be on disk before the database says they are: one sync per
                 # batch instead of an fsync per file (after a crash, a file the database
@@ -757,16 +760,24 @@ class Folder:
         The directory is made only when the file cannot be created without it, and the
         temporary file is removed only if it was not renamed: two system calls per file that
         were a twentieth of a mirror of small files."""
-        temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+        mode = None if replacing is None else replacing & 0o777
+        temp = target.parent / f"{TEMP_PREFIX}{_TEMP_STEM}{next(_temp_serial)}"
         try:
-            with _create(temp, None if replacing is None else replacing & 0o777) as out:
+            fd = _create(temp, mode)
+        except FileExistsError:  # a leftover of a crashed process that had our pid
+            temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            fd = _create(temp, mode)
+        try:
+            try:
                 if data is not None:
-                    out.write(data)
+                    _write_all(fd, data)
                 else:
                     for block in files.iter_content(self.replica.engine, found, where):
-                        out.write(block)
-            if data is None:  # bytes as they were: keep their mtime (text is a merge: now)
-                os.utime(temp, ns=(found.mtime_ms * 1_000_000, found.mtime_ms * 1_000_000))
+                        _write_all(fd, block)
+                    # bytes as they were: keep their mtime (text is a merge: now)
+                    os.utime(fd, ns=(found.mtime_ms * 1_000_000, found.mtime_ms * 1_000_000))
+            finally:
+                os.close(fd)
             os.replace(temp, target)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -830,10 +841,24 @@ def _matches(info: os.stat_result | None, seen: Seen | None) -> bool:
     )
 
 
-def _create(path: Path, mode: int | None = None) -> BinaryIO:
+_TEMP_STEM: Final = f"{os.getpid()}-{secrets.token_hex(4)}-"
+"""Temporary names: this process's stem and a serial (``O_EXCL`` refuses any clash)."""
+_temp_serial = itertools.count()
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """All of ``data`` to a raw descriptor (a file object per file cost a ``BufferedWriter``
+    and an ``isatty`` and an ``lseek`` call, for one write)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _create(path: Path, mode: int | None = None) -> int:
     """A new file open for writing (never an existing one, nor through a link planted at
-    its name); its directory is made only if it is missing. ``mode``: its permissions,
-    exactly (set while it is still empty and private); otherwise the default ones."""
+    its name), as a raw descriptor; its directory is made only if it is missing. ``mode``:
+    its permissions, exactly (set while it is still empty and private); otherwise the
+    default ones."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
         fd = os.open(path, flags, 0o666 if mode is None else 0o600)
@@ -843,7 +868,7 @@ def _create(path: Path, mode: int | None = None) -> BinaryIO:
     try:
         if mode is not None:
             os.fchmod(fd, mode)
-        return open(fd, "wb")
     except BaseException:
         os.close(fd)
         raise
+    return fd
