@@ -575,3 +575,26 @@ def test_a_run_that_continues_its_log_is_stored_whole(
     anchors = log.store.query_all("SELECT anchor FROM events ORDER BY rowid DESC LIMIT 5")
     assert [a for (a,) in anchors] == [1, 0, 0, 0, 0]  # the run's last signature vouches
     log.store.close()
+
+
+def test_a_read_snapshot_is_consistent_and_a_write_inside_ends_it(tmp_path) -> None:
+    """``Database.reading``: queries inside see one state while another process commits; a
+    write transaction opened inside ends the snapshot (then reads see the latest state), and
+    a nested ``reading`` leaves the outer snapshot to its owner."""
+    store = Store.open(tmp_path / "v.db", create=True)
+    other = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+    try:
+        store.set_fact("n", b"1")
+        with store.reading():
+            assert store.get_fact("n") == b"1"
+            other.execute("UPDATE vault SET value = x'32' WHERE key = 'n'")  # commits "2"
+            with store.reading():
+                assert store.get_fact("n") == b"1"
+            assert store.get_fact("n") == b"1"  # still the snapshot: the inner one did not end it
+            store.set_fact("mine", b"x")  # a write: the snapshot ends first
+            assert store.get_fact("n") == b"2"
+        assert not store.conn.in_transaction
+        assert store.get_fact("mine") == b"x"
+    finally:
+        other.close()
+        store.close()
