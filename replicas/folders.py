@@ -772,8 +772,11 @@ class Folder:
                 if data is not None:
                     _write_all(fd, data)
                 else:
+                    done = 0
                     for block in files.iter_content(self.replica.engine, found, where):
                         _write_all(fd, block)
+                        _start_writeback(fd, done, len(block))
+                        done += len(block)
                     # bytes as they were: keep their mtime (text is a merge: now)
                     os.utime(fd, ns=(found.mtime_ms * 1_000_000, found.mtime_ms * 1_000_000))
             finally:
@@ -852,6 +855,16 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a big file's block to the disk now, while the next is
+    decrypted, rather than all at the batch's sync (W4c: ~0.3 s of 256 MiB at the end).
+    On Linux, ``POSIX_FADV_DONTNEED`` starts writeback of dirty pages (and drops only
+    pages already clean); elsewhere this does nothing."""
+    if length >= files.INLINE_MAX and hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _create(path: Path, mode: int | None = None) -> int:
