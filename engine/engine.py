@@ -704,6 +704,11 @@ class Engine:
         for wakeup in self._wakeups:
             wakeup.set()
 
+    def notify(self) -> None:
+        """Wake whoever waits for events, for events another process stored on this home
+        (a folder worker told so by its daemon)."""
+        self._notify()
+
     # --- rebuilding derived state -------------------------------------------------------------
 
     def rebuild(self) -> int:

@@ -12,7 +12,9 @@ for other processes' commits too).
 
 The worker ends when the daemon asks (SIGTERM) or disappears (its stdin, a pipe from the
 daemon, reaches end of file), so a ``kill -9`` of the daemon leaves no orphan writing to
-the folder. The daemon restarts a worker that died, with backoff.
+the folder. The daemon restarts a worker that died, with backoff. A byte on that pipe is a
+wake-up: the daemon sends one whenever its engine stored or applied events, so a mirror
+writes what arrived at once instead of at its next poll.
 
     python -m replicas.folder_worker HOME [--watch DIR]... [--mirror DIR]...
 """
@@ -29,10 +31,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from replicas import allocator
 from replicas.children import spawn_tied
+
+if TYPE_CHECKING:
+    from engine.engine import Engine
 
 log = logging.getLogger("shoal.folders")
 
@@ -56,10 +61,14 @@ class FolderWorker:
         self.proc = spawn_tied("replicas.folder_worker", *self.args)
         return self.proc
 
-    async def supervise(self, stop: asyncio.Event) -> None:
+    async def supervise(self, stop: asyncio.Event, engine: Engine | None = None) -> None:
         """Restart the worker whenever it dies before ``stop`` (1 s, 2 s ... 60 s apart;
-        back to 1 s after a worker that ran for a minute)."""
+        back to 1 s after a worker that ran for a minute). ``engine``: the daemon's, whose
+        stored and applied events wake the worker (see the module docstring)."""
         pause = RESTART_MIN_S
+        arrived = asyncio.Event()
+        if engine is not None:
+            engine.add_wakeup(arrived)
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -68,7 +77,11 @@ class FolderWorker:
                 log.error("cannot start the folder worker: %s", exc)
                 proc = None
             while proc is not None and proc.poll() is None and not stop.is_set():
-                await asyncio.sleep(0.2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), 0.2)
+                if arrived.is_set():
+                    arrived.clear()
+                    _wake(proc)
             with contextlib.suppress(TimeoutError):  # Ctrl-C reaches us both: no restart
                 await asyncio.wait_for(stop.wait(), 0.5)
             if stop.is_set():
@@ -96,6 +109,17 @@ class FolderWorker:
                 proc.stdin.close()
 
 
+def _wake(proc: subprocess.Popen[bytes]) -> None:
+    """One wake-up byte to the worker; none if its pipe is full (it has one to read)."""
+    if proc.stdin is None:
+        return
+    try:
+        os.set_blocking(proc.stdin.fileno(), False)
+        os.write(proc.stdin.fileno(), b"\x01")
+    except (BlockingIOError, BrokenPipeError, ValueError):
+        pass  # full: a wake-up is pending; broken or closed: the worker is gone
+
+
 async def follow(home: Path, watch: list[Path], mirror: list[Path]) -> None:
     from replicas.home import Home
     from replicas.vault import opened
@@ -106,13 +130,16 @@ async def follow(home: Path, watch: list[Path], mirror: list[Path]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    def parent_gone() -> None:
-        if not os.read(sys.stdin.fileno(), 4096):
-            loop.remove_reader(sys.stdin.fileno())
-            stop.set()
-
-    loop.add_reader(sys.stdin.fileno(), parent_gone)
     with opened(Home(home)) as replica:
+
+        def from_daemon() -> None:  # bytes: wake-ups; end of file: the daemon is gone
+            if os.read(sys.stdin.fileno(), 4096):
+                replica.engine.notify()
+            else:
+                loop.remove_reader(sys.stdin.fileno())
+                stop.set()
+
+        loop.add_reader(sys.stdin.fileno(), from_daemon)
         folders = open_folders(replica, watch, mirror, report)
         await run_folders(replica, folders, stop)
 

@@ -434,7 +434,7 @@ async def serve_node(
     tasks = [asyncio.create_task(node.dial_forever(link)) for link in list(node.links)]
     tasks.append(asyncio.create_task(node.watch_local()))
     if folders is not None:
-        tasks.append(asyncio.create_task(folders.supervise(node.stop)))
+        tasks.append(asyncio.create_task(folders.supervise(node.stop, replica.engine)))
     if processing is not None:
         tasks.append(asyncio.create_task(processing(node.stop)))
     if discover:
