@@ -295,7 +295,7 @@ class Engine:
                 signer or self.signer, self.keyring, kind, epoch, payload
             )
             ours, *unblocked = outcome.accepted
-            self._apply(ours, payload, echo)
+            self._apply(ours, payload, echo, ours=True)
             for accepted in unblocked:
                 self._apply(accepted, None, None)
         self._roster_changed(outcome.roster_changed, outcome.revoked_changed)
@@ -472,7 +472,15 @@ class Engine:
 
     # --- events -> documents (the one path) ---------------------------------------------------
 
-    def _apply(self, accepted: Accepted, payload: Payload | None, echo: LiveDoc | None) -> None:
+    def _apply(
+        self,
+        accepted: Accepted,
+        payload: Payload | None,
+        echo: LiveDoc | None,
+        ours: bool = False,
+    ) -> None:
+        """``payload``: the event's, if the caller has it opened; ``ours``: the event was
+        just written here (see ``files.apply_record``)."""
         event, rowid = accepted.event, accepted.rowid
         if not self._in_order:
             self._in_order = True
@@ -497,7 +505,13 @@ class Engine:
                 note, doc_id = str(exc), None
         elif kind in files.FILE_TYPES:
             try:
-                doc_id = files.apply_record(self.store.conn, rowid, event, payload)  # type: ignore[arg-type]
+                doc_id = files.apply_record(
+                    self.store.conn,
+                    rowid,
+                    event,
+                    payload,  # type: ignore[arg-type]
+                    ours=ours,
+                )
             except DecodeError as exc:
                 note = str(exc)
         self.store.conn.execute(

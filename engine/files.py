@@ -181,9 +181,12 @@ def chunk_payload(chunk_id: bytes, data: bytes) -> Payload:
 
 
 def apply_record(
-    conn: sqlite3.Connection, rowid: int, event: Event, payload: Payload
+    conn: sqlite3.Connection, rowid: int, event: Event, payload: Payload, *, ours: bool = False
 ) -> bytes | None:
     """Fold one file record into the tables; returns the document it touched, if any.
+
+    ``ours``: the event was just written here, so no stored version can name it as its
+    base yet (its id is a hash over a fresh random salt) and that lookup is skipped.
 
     Raises a ``DecodeError`` for a malformed record; the engine notes it and moves on (the
     event stays stored and synced: it may be valid to a newer replica).
@@ -239,9 +242,11 @@ def apply_record(
     else:
         size = mtime = 0
         mime, content_hash, chunk_ids, inline_ids, text, deleted = "", None, [], [], False, True
-    superseded = conn.execute(
-        "SELECT 1 FROM file_bases WHERE base = ? LIMIT 1", (event.id,)
-    ).fetchone()
+    superseded = (
+        None
+        if ours
+        else conn.execute("SELECT 1 FROM file_bases WHERE base = ? LIMIT 1", (event.id,)).fetchone()
+    )
     conn.execute(
         f"INSERT OR IGNORE INTO file_versions ({_VERSION_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

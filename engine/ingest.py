@@ -13,10 +13,12 @@ it on two replicas merge.
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO, Final
 
 from engine import files
@@ -48,10 +50,17 @@ class Put:
 
 
 def guess_mime(path: str, head: bytes, text: bool) -> str:
-    mime, _ = mimetypes.guess_type(path, strict=False)
+    mime = _mime_of_suffixes("".join(PurePosixPath(path).suffixes[-2:]))
     if mime:
         return mime
     return "text/plain" if text else "application/octet-stream"
+
+
+@functools.lru_cache(maxsize=4096)
+def _mime_of_suffixes(suffixes: str) -> str | None:
+    """By a name's last two suffixes (``.tar.gz`` counts as a whole), as ``mimetypes`` says:
+    its lookup was ~20 us a file, and a folder has few distinct suffixes."""
+    return mimetypes.guess_type(f"name{suffixes}", strict=False)[0]
 
 
 def is_text(data: bytes) -> bool:
