@@ -172,10 +172,11 @@ class Folder:
         """Files the mirror wrote and their ``(size, mtime_ns)``: the watcher's echo of each is
         dropped without touching the database. Any later edit changes the pair, so it is
         still seen."""
-        self._resolved: dict[Path, Path] = {}
-        """Directories resolved for ``local_path`` in the current batch of mirror writes
-        (cleared when a batch starts; a fresh resolve per file was a tenth of the mirror's
-        time)."""
+        self._resolved: dict[str, bool] = {}
+        """Vault directories (``"a/b"``, ``""`` for the root) checked for ``local_path`` in the
+        current batch of mirror writes: whether they resolve inside the folder (cleared when
+        a batch starts; a resolve per file, and then comparing paths, was a tenth of the
+        mirror's time)."""
         self.store.rollback_hooks.append(self._just_written.clear)
         self.marked = marked and self._mark()
 
@@ -295,14 +296,15 @@ class Folder:
         if any(len(part.encode("utf-8")) > MAX_NAME_BYTES for part in path.split("/")):
             self.report(f"not written {path}: a name is longer than this system allows")
             return None
-        target = self.root / path
-        parent = self._resolved.get(target.parent)
-        if parent is None:
-            parent = self._resolved[target.parent] = target.parent.resolve()
-        if parent != self.root and self.root not in parent.parents:
+        directory = path.rpartition("/")[0]
+        inside = self._resolved.get(directory)
+        if inside is None:
+            parent = (self.root / directory).resolve()
+            inside = self._resolved[directory] = parent == self.root or self.root in parent.parents
+        if not inside:
             self.report(f"not written {path}: a directory on its way is a link out of the folder")
             return None
-        return target
+        return self.root / path
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """Matched by the folder's ignore patterns (remembered: ~30 us a path, and a found
@@ -807,7 +809,7 @@ class Folder:
                 directory.rmdir()
             except OSError:  # not empty (or not ours to remove): it stays, and so do its parents
                 return
-            self._resolved.pop(directory, None)
+            self._resolved.pop(directory.relative_to(self.root).as_posix(), None)
             directory = directory.parent
 
     def gone_line(self) -> str:
