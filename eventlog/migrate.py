@@ -44,20 +44,39 @@ def migrate(conn: sqlite3.Connection, component: str, package: str) -> int:
             f"database schema {component} v{current} is newer than this shoal (v{known})"
         )
     for version, name, sql in scripts:
-        if version <= current:
-            continue
-        record = (
-            "INSERT INTO schema_migrations VALUES "
-            f"('{component}', {version}, '{name}', {int(time.time() * 1000)});"
-        )
-        try:
-            conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n{record}\nCOMMIT;")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StorageError(f"migration {component}/{name} failed: {exc}") from exc
-        current = version
+        if version > current:
+            apply_migration(conn, component, version, name, sql)
+            current = version
     return current
+
+
+def apply_migration(
+    conn: sqlite3.Connection, component: str, version: int, name: str, sql: str
+) -> bool:
+    """Run one migration in one transaction; False if another process ran it first.
+
+    Two processes opening one home at once (``serve`` and a CLI command) both read the old
+    version before either takes the write lock, so the second used to run the script again
+    and fail ("table ... already exists"). The migration's record is now written first in
+    the transaction: the second one's insert fails on the record's key, before any of the
+    script, and the version it then reads says the work is done."""
+    record = (
+        "INSERT INTO schema_migrations VALUES "
+        f"('{component}', {version}, '{name}', {int(time.time() * 1000)});"
+    )
+    try:
+        conn.executescript(f"BEGIN IMMEDIATE;\n{record}\n{sql}\nCOMMIT;")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        row = conn.execute(
+            "SELECT 1 FROM schema_migrations WHERE component = ? AND version = ?",
+            (component, version),
+        ).fetchone()
+        if row is not None:
+            return False
+        raise StorageError(f"migration {component}/{name} failed: {exc}") from exc
+    return True
 
 
 def check_current(conn: sqlite3.Connection, component: str, package: str) -> None:

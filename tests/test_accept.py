@@ -598,3 +598,30 @@ def test_a_read_snapshot_is_consistent_and_a_write_inside_ends_it(tmp_path) -> N
     finally:
         other.close()
         store.close()
+
+
+def test_a_migration_another_process_ran_first_is_skipped_not_failed(tmp_path) -> None:
+    """``serve`` and a CLI command opening one home at once both read the old schema
+    version; the one that gets the write lock second must find the work done, not run the
+    script again ("table ... already exists")."""
+    from eventlog.migrate import apply_migration
+
+    first = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+    second = sqlite3.connect(tmp_path / "v.db", isolation_level=None)
+    try:
+        for conn in (first, second):
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (component TEXT NOT NULL,"
+                " version INTEGER NOT NULL, name TEXT NOT NULL, applied_ms INTEGER NOT NULL,"
+                " PRIMARY KEY (component, version))"
+            )
+        script = "CREATE TABLE made (x INTEGER);"
+        assert apply_migration(first, "test", 1, "0001_made.sql", script)
+        assert not apply_migration(second, "test", 1, "0001_made.sql", script)
+        with pytest.raises(StorageError, match="migration test/0002_bad.sql failed"):
+            apply_migration(second, "test", 2, "0002_bad.sql", "CREATE TABLE made (y);")
+        rows = first.execute("SELECT version FROM schema_migrations").fetchall()
+        assert rows == [(1,)]  # the failed one left no record
+    finally:
+        first.close()
+        second.close()
