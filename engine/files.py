@@ -324,6 +324,33 @@ def file_entry(store: Store, doc_id: bytes) -> FileEntry | None:
     return None if row is None else _entry(row)
 
 
+def file_entries_of(store: Store, doc_ids: Iterable[bytes]) -> list[FileEntry]:
+    """The entries of these documents (those that are files), in a query per
+    ``_LOCATE_BATCH`` of them."""
+    wanted, found = list(dict.fromkeys(doc_ids)), []
+    for start in range(0, len(wanted), _LOCATE_BATCH):
+        batch = wanted[start : start + _LOCATE_BATCH]
+        marks = ",".join("?" * len(batch))
+        found += [
+            _entry(row)
+            for row in store.query_all(f"{_ENTRY_SELECT} WHERE f.doc IN ({marks})", tuple(batch))
+        ]
+    return found
+
+
+def versions_at(store: Store, rowids: Iterable[int]) -> dict[int, FileVersion]:
+    """The versions with these rowids, in a query per ``_LOCATE_BATCH`` of them."""
+    wanted, found = list(dict.fromkeys(rowids)), dict[int, FileVersion]()
+    for start in range(0, len(wanted), _LOCATE_BATCH):
+        batch = wanted[start : start + _LOCATE_BATCH]
+        marks = ",".join("?" * len(batch))
+        rows = store.query_all(
+            f"SELECT {_VERSION_COLUMNS} FROM file_versions WHERE rowid IN ({marks})", tuple(batch)
+        )
+        found.update((int(row[0]), _version(row)) for row in rows)
+    return found
+
+
 def file_entries(store: Store, *, deleted: bool = False) -> list[FileEntry]:
     where = "" if deleted else " WHERE f.deleted = 0"
     return [_entry(row) for row in store.query_all(f"{_ENTRY_SELECT}{where} ORDER BY f.path")]

@@ -172,6 +172,9 @@ class Folder:
         """Files the mirror wrote and their ``(size, mtime_ns)``: the watcher's echo of each is
         dropped without touching the database. Any later edit changes the pair, so it is
         still seen."""
+        self._versions: dict[int, files.FileVersion] = {}
+        self._where: dict[bytes, files.Location] = {}
+        """What ``_prefetch`` found for the batch of mirror writes in progress."""
         self._resolved: dict[str, bool] = {}
         """Vault directories (``"a/b"``, ``""`` for the root) checked for ``local_path`` in the
         current batch of mirror writes: whether they resolve inside the folder (cleared when
@@ -631,7 +634,7 @@ class Folder:
             if doc_ids is None:
                 entries = files.file_entries(store, deleted=True)
             else:
-                entries = [e for d in doc_ids if (e := files.file_entry(store, d)) is not None]
+                entries = files.file_entries_of(store, doc_ids)
         written = 0
         for start in range(0, len(entries), BATCH_FILES):
             # Files are written outside any transaction, and what the folder now holds is
@@ -643,7 +646,9 @@ class Folder:
             self._resolved.clear()  # links made since the last batch are seen
             self.replica.log.refresh()  # documents another process changed are reloaded
             with store.reading():  # the batch's lookups share one snapshot and its cache
-                for entry in entries[start : start + BATCH_FILES]:
+                batch = entries[start : start + BATCH_FILES]
+                self._prefetch(batch)
+                for entry in batch:
                     try:
                         if self._materialize_one(entry, later):
                             wrote += 1
@@ -662,6 +667,14 @@ class Folder:
                         record()
             written += wrote
         return written
+
+    def _prefetch(self, batch: list[files.FileEntry]) -> None:
+        """A batch's versions and chunk locations in a few queries instead of two a file
+        (``_materialize_one`` looks up whatever a local edit changed since)."""
+        self._versions = files.versions_at(store := self.store, [e.rowid for e in batch])
+        self._where = files.chunk_locations(
+            store, [c for v in self._versions.values() if not v.text for c in v.chunks]
+        )
 
     def _on_disk_unchanged(self, target: Path, seen: Seen | None) -> bool:
         return _matches(_lstat(target), seen)
@@ -717,7 +730,7 @@ class Folder:
             if fresh is None or fresh.deleted:
                 return False
             entry = fresh
-        found = files.version(store, entry.rowid)
+        found = self._versions.get(entry.rowid) or files.version(store, entry.rowid)
         where = None
         if entry.text:
             live = self.replica.engine.open(entry.doc_id)
@@ -725,7 +738,9 @@ class Folder:
             base: bytes | None = bytes(live.doc.get_update())
             content_hash = self.writer.keys.content_hash(data)  # type: ignore[arg-type]
         else:
-            where = files.chunk_locations(store, found.chunks)
+            where = self._where
+            if not where.keys() >= set(found.chunks):
+                where = files.chunk_locations(store, found.chunks)
             if not where.keys() >= set(found.chunks):
                 self.incomplete.add(entry.doc_id)
                 return False  # the rest is still on its way; a later pass writes it
