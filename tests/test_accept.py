@@ -618,7 +618,7 @@ def test_a_migration_another_process_ran_first_is_skipped_not_failed(tmp_path) -
         script = "CREATE TABLE made (x INTEGER);"
         assert apply_migration(first, "test", 1, "0001_made.sql", script)
         assert not apply_migration(second, "test", 1, "0001_made.sql", script)
-        with pytest.raises(StorageError, match="migration test/0002_bad.sql failed"):
+        with pytest.raises(StorageError, match=r"migration test/0002_bad\.sql failed"):
             apply_migration(second, "test", 2, "0002_bad.sql", "CREATE TABLE made (y);")
         rows = first.execute("SELECT version FROM schema_migrations").fetchall()
         assert rows == [(1,)]  # the failed one left no record
