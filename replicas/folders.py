@@ -580,7 +580,8 @@ class Folder:
         paths = self.vault_paths(list(present), result)
         for known_path in paths.values():
             gone.pop(known_path, None)
-        records = {path: seen for path in paths.values() if (seen := self._seen(path))}
+        with self.store.reading():  # one snapshot for the batch's lookups (``Database.reading``)
+            records = {path: seen for path in paths.values() if (seen := self._seen(path))}
         fresh = [
             (local, info)
             for local, info in present.items()

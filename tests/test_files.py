@@ -828,3 +828,17 @@ def test_adding_one_file_leaves_no_marker_beside_it(tmp_path: Path) -> None:
     (loose / "one.txt").write_text("one\n")
     run(home, "add", str(loose / "one.txt"))
     assert sorted(p.name for p in loose.iterdir()) == ["one.txt"]
+
+
+@given(st.lists(st.text(alphabet="ab.", min_size=1, max_size=6), min_size=1, max_size=3))
+def test_a_paths_last_suffixes_are_what_pathlib_says(parts: list[str]) -> None:
+    """The mime lookup's key, cut from the string, for any vault path (normalized: no '.'
+    or '..' parts)."""
+    from pathlib import PurePosixPath
+
+    from engine.ingest import _last_suffixes
+
+    if any(part in (".", "..") for part in parts):
+        return
+    path = "/".join(parts)
+    assert _last_suffixes(path) == "".join(PurePosixPath(path).suffixes[-2:])
