@@ -292,12 +292,15 @@ def _wide_pack(value: Any, draw: Draw) -> bytes:
             return bytes([0xA0 | n]) + data
         return prefix + struct.pack(fmt, n) + data
     assert isinstance(value, list)
-    n = len(value)
+    return _array_head(len(value), draw) + b"".join(_wide_pack(item, draw) for item in value)
+
+
+def _array_head(n: int, draw: Draw) -> bytes:
+    """An array header for ``n`` items, in any form that can hold ``n``."""
     forms = [(b"", "", 15)] if n <= 15 else []
     forms += [(b"\xdc", ">H", 0xFFFF), (b"\xdd", ">I", 2**32 - 1)]
     prefix, fmt, _ = _pick(draw, [f for f in forms if n <= f[2]])
-    head = bytes([0x90 | n]) if not fmt else prefix + struct.pack(fmt, n)
-    return head + b"".join(_wide_pack(item, draw) for item in value)
+    return bytes([0x90 | n]) if not fmt else prefix + struct.pack(fmt, n)
 
 
 @given(messages, st.data())
@@ -402,12 +405,7 @@ def _any_form(value: Any, draw: Draw) -> bytes:
         prefix, fmt, _, _ = draw(st.sampled_from(usable))
         return bytes(prefix + struct.pack(fmt, value))
     if isinstance(value, list):
-        n = len(value)
-        heads = [(b"", "", 15)] if n <= 15 else []
-        heads += [(b"\xdc", ">H", 0xFFFF), (b"\xdd", ">I", 2**32 - 1)]
-        prefix, fmt, _ = _pick(draw, [f for f in heads if n <= f[2]])
-        head = bytes([0x90 | n]) if not fmt else prefix + struct.pack(fmt, n)
-        return head + b"".join(_any_form(item, draw) for item in value)
+        return _array_head(len(value), draw) + b"".join(_any_form(i, draw) for i in value)
     return _wide_pack(value, draw)  # bytes and str
 
 
