@@ -28,6 +28,8 @@ from eventlog.errors import StorageError
 
 PACK_MIN: Final = 16 * 1024
 """Events this large or larger are packed: above it SQLite's per-page cost dominates."""
+IOV_BATCH: Final = 512
+"""Buffers per ``pwritev`` (Linux takes up to 1,024)."""
 
 
 def pack_path(database: Path) -> Path:
@@ -62,13 +64,19 @@ class Pack:
         return self._fd
 
     def write(self, at: int, raws: list[bytes]) -> None:
-        """Write ``raws`` back to back from offset ``at`` (one system call for a whole run)."""
-        total = sum(map(len, raws))
+        """Write ``raws`` back to back from offset ``at`` (a system call per ``IOV_BATCH``)."""
         try:
-            written = os.pwritev(self._open(), raws, at)
-            while written < total:  # a short write (rare: a signal, a nearly full disk)
-                rest = b"".join(raws)[written:]
-                written += os.pwrite(self._open(), rest, at + written)
+            fd = self._open()
+            for start in range(0, len(raws), IOV_BATCH):
+                group = raws[start : start + IOV_BATCH]
+                written = os.pwritev(fd, group, at)
+                total = sum(map(len, group))
+                if written < total:  # a short write (rare: a signal, a nearly full disk)
+                    rest = memoryview(b"".join(group))[written:]
+                    while rest:
+                        done = os.pwrite(fd, rest, at + total - len(rest))
+                        rest = rest[done:]
+                at += total
         except OSError as exc:
             raise _error("write", self.path, exc) from exc
         self._unsynced = True

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from eventlog.envelope import decode_event
 from eventlog.errors import StorageError
-from eventlog.pack import PACK_MIN, pack_path
+from eventlog.pack import IOV_BATCH, PACK_MIN, Pack, pack_path
 from replicas.deep_verify import deep_verify
 from replicas.home import Home
 from replicas.vault import Replica, init_vault, open_replica
@@ -143,3 +143,16 @@ def test_what_commits_reads_back_whatever_rolled_back_between(steps) -> None:
         finally:
             second.close()
             first.close()
+
+
+def test_a_run_longer_than_one_system_call_takes_is_written_whole(tmp_path: Path) -> None:
+    """``pwritev`` takes at most 1,024 buffers: a longer run is written in groups, back to
+    back, each where the one before it ended."""
+    pack = Pack(tmp_path / "v.pack")
+    raws = [bytes([n % 251]) * (1 + n % 7) for n in range(3 * IOV_BATCH + 5)]
+    try:
+        pack.write(10, raws)
+        pack.sync()
+        assert pack.read(10, sum(map(len, raws))) == b"".join(raws)
+    finally:
+        pack.close()
