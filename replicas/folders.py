@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import os
-import secrets
 import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +33,7 @@ from engine import files
 from engine.ingest import FileWriter, Put
 from eventlog.errors import NotFoundError, ShoalError
 from eventlog.migrate import migrate
+from replicas.atomic_write import TEMP_PREFIX, write_file
 
 if TYPE_CHECKING:
     from pathspec import PathSpec
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
     from replicas.vault import Replica
 
 IGNORE_FILE: Final = ".shoalignore"
-TEMP_PREFIX: Final = ".shoal-tmp-"
 MARKER: Final = ".shoalfolder"
 """A directory made in a folder when it is bound: while it is missing, the folder is taken as
 absent (its drive unmounted, leaving an empty mount point), not as emptied."""
@@ -768,41 +766,19 @@ class Folder:
         where: dict[bytes, files.Location] | None = None,
         replacing: int | None = None,
     ) -> None:
-        """Through a temporary file and an atomic rename: readers never see half a file.
+        """Through a temporary file and an atomic rename (``atomic_write.write_file``):
+        readers never see half a file.
 
         ``replacing``: the ``st_mode`` of the file this one replaces, whose permission bits
         it keeps (a private 0600 file stays private, a script stays executable; never
         setuid, setgid or sticky bits, which new content from elsewhere must not inherit); a
-        new file gets the default ones.
-
-        The directory is made only when the file cannot be created without it, and the
-        temporary file is removed only if it was not renamed: two system calls per file that
-        were a twentieth of a mirror of small files."""
+        new file gets the default ones."""
         mode = None if replacing is None else replacing & 0o777
-        temp = target.parent / f"{TEMP_PREFIX}{_TEMP_STEM}{next(_temp_serial)}"
-        try:
-            fd = _create(temp, mode)
-        except FileExistsError:  # a leftover of a crashed process that had our pid
-            temp = target.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-            fd = _create(temp, mode)
-        try:
-            try:
-                if data is not None:
-                    _write_all(fd, data)
-                else:
-                    done = 0
-                    for block in files.iter_content(self.replica.engine, found, where):
-                        _write_all(fd, block)
-                        _start_writeback(fd, done, len(block))
-                        done += len(block)
-                    # bytes as they were: keep their mtime (text is a merge: now)
-                    os.utime(fd, ns=(found.mtime_ms * 1_000_000, found.mtime_ms * 1_000_000))
-            finally:
-                os.close(fd)
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        if data is not None:  # a text file's merge: written now, so its mtime is now
+            write_file(target, [data], mode=mode, mtime_ns=None)
+        else:  # bytes as they were: they keep their mtime
+            blocks = files.iter_content(self.replica.engine, found, where)
+            write_file(target, blocks, mode=mode, mtime_ns=found.mtime_ms * 1_000_000)
 
     def _remove_deleted(self, old_path: str | None, later: list[Callable[[], None]]) -> bool:
         if old_path is None:
@@ -860,46 +836,3 @@ def _matches(info: os.stat_result | None, seen: Seen | None) -> bool:
         and stat.S_ISREG(info.st_mode)
         and (info.st_size, info.st_mtime_ns) == (seen.size, seen.mtime_ns)
     )
-
-
-_TEMP_STEM: Final = f"{os.getpid()}-{secrets.token_hex(4)}-"
-"""Temporary names: this process's stem and a serial (``O_EXCL`` refuses any clash)."""
-_temp_serial = itertools.count()
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    """All of ``data`` to a raw descriptor (a file object per file cost a ``BufferedWriter``
-    and an ``isatty`` and an ``lseek`` call, for one write)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing a big file's block to the disk now, while the next is
-    decrypted, rather than all at the batch's sync (W4c: ~0.3 s of 256 MiB at the end).
-    On Linux, ``POSIX_FADV_DONTNEED`` starts writeback of dirty pages (and drops only
-    pages already clean); elsewhere this does nothing."""
-    if length >= files.INLINE_MAX and hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-
-
-def _create(path: Path, mode: int | None = None) -> int:
-    """A new file open for writing (never an existing one, nor through a link planted at
-    its name), as a raw descriptor; its directory is made only if it is missing. ``mode``:
-    its permissions, exactly (set while it is still empty and private); otherwise the
-    default ones."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags, 0o666 if mode is None else 0o600)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, flags, 0o666 if mode is None else 0o600)
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
