@@ -65,10 +65,17 @@ class FolderWorker:
         """Restart the worker whenever it dies before ``stop`` (1 s, 2 s ... 60 s apart;
         back to 1 s after a worker that ran for a minute). ``engine``: the daemon's, whose
         stored and applied events wake the worker (see the module docstring)."""
-        pause = RESTART_MIN_S
         arrived = asyncio.Event()
         if engine is not None:
             engine.add_wakeup(arrived)
+        try:
+            await self._restart_until(stop, arrived)
+        finally:
+            if engine is not None:
+                engine.remove_wakeup(arrived)
+
+    async def _restart_until(self, stop: asyncio.Event, arrived: asyncio.Event) -> None:
+        pause = RESTART_MIN_S
         while not stop.is_set():
             started = time.monotonic()
             try:
