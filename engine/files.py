@@ -324,31 +324,25 @@ def file_entry(store: Store, doc_id: bytes) -> FileEntry | None:
     return None if row is None else _entry(row)
 
 
-def file_entries_of(store: Store, doc_ids: Iterable[bytes]) -> list[FileEntry]:
-    """The entries of these documents (those that are files), in a query per
-    ``_LOCATE_BATCH`` of them."""
-    wanted, found = list(dict.fromkeys(doc_ids)), []
-    for start in range(0, len(wanted), _LOCATE_BATCH):
-        batch = wanted[start : start + _LOCATE_BATCH]
+def _rows_in(store: Store, select: str, column: str, keys: Iterable[Any]) -> list[Any]:
+    """``select WHERE column IN (keys)``, in one query per ``_IN_BATCH`` distinct keys."""
+    wanted, rows = list(dict.fromkeys(keys)), []
+    for start in range(0, len(wanted), _IN_BATCH):
+        batch = tuple(wanted[start : start + _IN_BATCH])
         marks = ",".join("?" * len(batch))
-        found += [
-            _entry(row)
-            for row in store.query_all(f"{_ENTRY_SELECT} WHERE f.doc IN ({marks})", tuple(batch))
-        ]
-    return found
+        rows += store.query_all(f"{select} WHERE {column} IN ({marks})", batch)
+    return rows
+
+
+def file_entries_of(store: Store, doc_ids: Iterable[bytes]) -> list[FileEntry]:
+    """The entries of these documents (those that are files)."""
+    return [_entry(row) for row in _rows_in(store, _ENTRY_SELECT, "f.doc", doc_ids)]
 
 
 def versions_at(store: Store, rowids: Iterable[int]) -> dict[int, FileVersion]:
-    """The versions with these rowids, in a query per ``_LOCATE_BATCH`` of them."""
-    wanted, found = list(dict.fromkeys(rowids)), dict[int, FileVersion]()
-    for start in range(0, len(wanted), _LOCATE_BATCH):
-        batch = wanted[start : start + _LOCATE_BATCH]
-        marks = ",".join("?" * len(batch))
-        rows = store.query_all(
-            f"SELECT {_VERSION_COLUMNS} FROM file_versions WHERE rowid IN ({marks})", tuple(batch)
-        )
-        found.update((int(row[0]), _version(row)) for row in rows)
-    return found
+    """The versions with these rowids."""
+    select = f"SELECT {_VERSION_COLUMNS} FROM file_versions"
+    return {int(row[0]): _version(row) for row in _rows_in(store, select, "rowid", rowids)}
 
 
 def file_entries(store: Store, *, deleted: bool = False) -> list[FileEntry]:
@@ -425,23 +419,14 @@ def has_chunk(store: Store, chunk_id: bytes) -> bool:
 Location = tuple[int, int]
 """Where a chunk's bytes are: the rowid of the event holding them and their inline slot
 (-1: the event is a ``blob.chunk``)."""
-_LOCATE_BATCH: Final = 500
-"""Chunk ids per lookup query (SQLite allows 999 parameters in its oldest builds)."""
+_IN_BATCH: Final = 500
+"""Keys per ``IN`` lookup query (SQLite allows 999 parameters in its oldest builds)."""
 
 
 def chunk_locations(store: Store, chunk_ids: Iterable[bytes]) -> dict[bytes, Location]:
-    """Where each chunk we hold is, in one query per ``_LOCATE_BATCH`` ids; a chunk that
-    has not arrived is absent from the result."""
-    wanted = list(dict.fromkeys(chunk_ids))
-    found: dict[bytes, Location] = {}
-    for start in range(0, len(wanted), _LOCATE_BATCH):
-        batch = wanted[start : start + _LOCATE_BATCH]
-        rows = store.query_all(
-            f"SELECT id, rowid, slot FROM chunks WHERE id IN ({','.join('?' * len(batch))})",
-            tuple(batch),
-        )
-        found.update((bytes(cid), (int(rowid), int(slot))) for cid, rowid, slot in rows)
-    return found
+    """Where each chunk we hold is; a chunk that has not arrived is absent from the result."""
+    rows = _rows_in(store, "SELECT id, rowid, slot FROM chunks", "id", chunk_ids)
+    return {bytes(cid): (int(rowid), int(slot)) for cid, rowid, slot in rows}
 
 
 # --- reading content ----------------------------------------------------------------------
