@@ -59,6 +59,8 @@ class FolderWorker:
 
     def start(self) -> subprocess.Popen[bytes]:
         self.proc = spawn_tied("replicas.folder_worker", *self.args)
+        if self.proc.stdin is not None:  # wake-ups are never worth blocking for (``_wake``)
+            os.set_blocking(self.proc.stdin.fileno(), False)
         return self.proc
 
     async def supervise(self, stop: asyncio.Event, engine: Engine | None = None) -> None:
@@ -120,11 +122,9 @@ def _wake(proc: subprocess.Popen[bytes]) -> None:
     """One wake-up byte to the worker; none if its pipe is full (it has one to read)."""
     if proc.stdin is None:
         return
-    try:
-        os.set_blocking(proc.stdin.fileno(), False)
+    # Full: a wake-up is pending already; broken or closed: the worker is gone.
+    with contextlib.suppress(BlockingIOError, BrokenPipeError, ValueError):
         os.write(proc.stdin.fileno(), b"\x01")
-    except (BlockingIOError, BrokenPipeError, ValueError):
-        pass  # full: a wake-up is pending; broken or closed: the worker is gone
 
 
 async def follow(home: Path, watch: list[Path], mirror: list[Path]) -> None:
