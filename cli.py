@@ -342,9 +342,10 @@ def _log_table(rows: list[views.LogRow], names: dict[bytes, str], doc_column: bo
 @pass_ctx
 @guarded
 def history(ctx: Context, doc: str, as_json: bool) -> None:
-    """The events that changed a document, newest first."""
+    """The events that changed a document or file (id prefix, or a file's path), newest
+    first."""
     with ctx.replica() as replica:
-        doc_id = replica.engine.resolve_doc(doc)
+        doc_id = _resolve_doc_or_file(replica, doc)
         rows = views.log(replica.store, doc=doc_id)
         names = views.replica_names(replica.store)
     if as_json:
@@ -354,7 +355,7 @@ def history(ctx: Context, doc: str, as_json: bool) -> None:
 
 
 @main.command("log")
-@click.option("--doc", help="Only events of this document.")
+@click.option("--doc", help="Only events of this document or file (id prefix, or a file's path).")
 @click.option("--author", help="Only events by this replica (id prefix).")
 @click.option("--type", "type_", help="Only this payload type (e.g. doc.update).")
 @click.option("--since", help="Only events since a time: 2h, 3d, or an ISO date.")
@@ -374,7 +375,7 @@ def log_command(
     """The vault's history, newest first: id, author, seq, lamport, time, type, doc, size."""
     since_ms = parse_since(since) if since else None
     with ctx.replica() as replica:
-        doc_id = replica.engine.resolve_doc(doc) if doc else None
+        doc_id = _resolve_doc_or_file(replica, doc) if doc else None
         author_id = _resolve_author(replica, author) if author else None
         rows = views.log(
             replica.store, doc=doc_id, author=author_id, type_=type_, since_ms=since_ms, limit=limit
@@ -384,6 +385,17 @@ def log_command(
         emit_json([_log_json(r, names) for r in rows])
     else:
         out.print(_log_table(rows, names, doc_column=True))
+
+
+def _resolve_doc_or_file(replica: Replica, target: str) -> bytes:
+    """A document by id prefix, or a file by path or id prefix (a binary file has no body,
+    so it is not among the documents)."""
+    from replicas.filesout import resolve_file
+
+    try:
+        return replica.engine.resolve_doc(target)
+    except NotFoundError:
+        return resolve_file(replica, target)
 
 
 def _resolve_author(replica: Replica, prefix: str) -> bytes:

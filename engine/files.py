@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import posixpath
 import sqlite3
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -40,7 +42,17 @@ if TYPE_CHECKING:
 T_FILE_PUT: Final = "file.put"
 T_FILE_DELETE: Final = "file.delete"
 T_BLOB_CHUNK: Final = "blob.chunk"
-FILE_TYPES: Final = frozenset({T_FILE_PUT, T_FILE_DELETE, T_BLOB_CHUNK})
+T_FILE_BATCH: Final = "file.batch"
+FILE_TYPES: Final = frozenset({T_FILE_PUT, T_FILE_DELETE, T_BLOB_CHUNK, T_FILE_BATCH})
+
+SLOT_BITS: Final = 12
+"""A version's number is its event's rowid shifted by this, plus its record's slot in a
+``file.batch`` (0 otherwise): one integer, ordered like the log, the same after a rebuild."""
+BATCH_MAX_RECORDS: Final = 256
+"""A writer's ``file.batch`` holds at most this many records ..."""
+BATCH_MAX_BYTES: Final = 1024 * 1024
+"""... and about this many bytes of inline chunks (a mirror opens the event once for all)."""
+_VERSION_PERSON: Final = b"shoal-v1-fver"
 
 INLINE_MAX: Final = 256 * 1024
 """A new chunk up to this size rides inside its ``file.put`` (one event per small file)."""
@@ -73,8 +85,10 @@ def check_path(path: str) -> str:
 @dataclass(frozen=True, slots=True)
 class FileVersion:
     rowid: int
+    """Its number: ``place(event rowid, slot)``."""
     doc_id: bytes
-    event_id: bytes
+    version_id: bytes
+    """What ``base`` lists name it by: its event's id, or ``version_id`` in a batch."""
     author: bytes
     lamport: int
     time_ms: int
@@ -106,13 +120,13 @@ class FileEntry:
     deleted: bool
     text: bool
     rowid: int
-    """Local rowid of the winning version's event."""
+    """The winning version's number (``FileVersion.rowid``)."""
     versions: int
     conflict: bool
 
 
 _VERSION_COLUMNS = (
-    "rowid, doc, event_id, author, lamport, time_ms, path, size, mtime_ms, mime, hash,"
+    "rowid, doc, version_id, author, lamport, time_ms, path, size, mtime_ms, mime, hash,"
     " deleted, text, chunks, superseded"
 )
 
@@ -177,16 +191,43 @@ def chunk_payload(chunk_id: bytes, data: bytes) -> Payload:
     return {"t": T_BLOB_CHUNK, "id": chunk_id, "data": data}
 
 
+def batch_payload(records: list[Payload]) -> Payload:
+    """Several files' ``file.put`` / ``file.delete`` records in one event: one signature,
+    one seal and one stored row for a whole folder batch, instead of one a file."""
+    return {"t": T_FILE_BATCH, "files": records}
+
+
+def place(rowid: int, slot: int) -> int:
+    """The number of the record at ``slot`` of the event at local ``rowid``."""
+    return rowid << SLOT_BITS | slot
+
+
+def event_rowid(number: int) -> int:
+    """The local rowid of the event holding the record numbered ``number``."""
+    return number >> SLOT_BITS
+
+
+def version_id(event_id: bytes, slot: int) -> bytes:
+    """The id that ``base`` lists name a batched record's version by (a lone record's is
+    its event's id): derived, so every replica computes the same one."""
+    return hashlib.blake2b(
+        event_id + slot.to_bytes(2, "big"), digest_size=32, person=_VERSION_PERSON
+    ).digest()
+
+
 # --- events -> tables (called by the engine inside the event's transaction) ---------------
 
 
 def apply_record(
     conn: sqlite3.Connection, rowid: int, event: Event, payload: Payload, *, ours: bool = False
 ) -> bytes | None:
-    """Fold one file record into the tables; returns the document it touched, if any.
+    """Fold one file event into the tables; returns the document it touched, if it names one.
 
     ``ours``: the event was just written here, so no stored version can name it as its
     base yet (its id is a hash over a fresh random salt) and that lookup is skipped.
+
+    A ``file.batch`` is checked whole before any of it is folded: a malformed record makes
+    the whole event inert, never half of it. It names no one document (None).
 
     Raises a ``DecodeError`` for a malformed record; the engine notes it and moves on (the
     event stays stored and synced: it may be valid to a newer replica).
@@ -196,87 +237,143 @@ def apply_record(
         chunk_id = field_bytes(payload, "id", ID_BYTES)
         data = field_bytes(payload, "data")
         conn.execute(
-            "INSERT OR IGNORE INTO chunks VALUES (?, ?, -1, ?)", (chunk_id, rowid, len(data))
+            "INSERT OR IGNORE INTO chunks VALUES (?, ?, -1, ?)",
+            (chunk_id, place(rowid, 0), len(data)),
         )
         return None
+    if kind == T_FILE_BATCH:
+        records = batch_records(payload)
+        for slot, record in enumerate(records):
+            _fold(conn, place(rowid, slot), version_id(event.id, slot), event, record, ours)
+        return None
+    record = _record(payload)
+    _fold(conn, place(rowid, 0), event.id, event, record, ours)
+    return record.doc_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """One ``file.put`` / ``file.delete`` record, checked."""
+
+    doc_id: bytes
+    path: str
+    base: list[bytes]
+    size: int
+    mtime_ms: int
+    mime: str
+    hash: bytes | None
+    chunk_ids: list[bytes]
+    inline: list[tuple[bytes, int]]
+    text: bool
+
+    @property
+    def deleted(self) -> bool:
+        return self.hash is None
+
+
+def batch_records(payload: Payload) -> list[_Record]:
+    """A ``file.batch``'s records, checked: a list of ``file.put`` / ``file.delete`` maps,
+    at most ``1 << SLOT_BITS``, no document twice (one event makes one version a file)."""
+    items = payload.get("files")
+    if not isinstance(items, list) or not 0 < len(items) <= 1 << SLOT_BITS:
+        raise WrongTypeError(f"payload {T_FILE_BATCH}: 'files' must be a non-empty list")
+    records = []
+    for item in items:
+        if type(item) is not dict or item.get("t") not in (T_FILE_PUT, T_FILE_DELETE):
+            raise WrongTypeError(f"payload {T_FILE_BATCH}: a record is a file.put or file.delete")
+        records.append(_record(item))
+    if len({record.doc_id for record in records}) != len(records):
+        raise WrongTypeError(f"payload {T_FILE_BATCH}: a document is named twice")
+    return records
+
+
+def _record(payload: Payload) -> _Record:
+    kind = payload["t"]
     doc_id = field_bytes(payload, "doc", DOC_ID_BYTES)
     path = check_path(field_str(payload, "path"))
     base = payload.get("base")
     if not isinstance(base, list) or len(base) > MAX_BASE:
-        raise WrongTypeError(f"payload {kind}: 'base' must be a list of event ids")
+        raise WrongTypeError(f"payload {kind}: 'base' must be a list of version ids")
     for item in base:
         if type(item) is not bytes or len(item) != 32:
-            raise WrongTypeError(f"payload {kind}: 'base' must be a list of event ids")
-    if kind == T_FILE_PUT:
-        size, mtime = field_int(payload, "size"), field_int(payload, "mtime")
-        mime, content_hash = field_str(payload, "mime"), field_bytes(payload, "hash", ID_BYTES)
-        refs, inline = payload.get("chunks"), payload.get("inline")
-        if not isinstance(refs, list) or not isinstance(inline, list):
-            raise WrongTypeError("payload file.put: 'chunks' and 'inline' must be lists")
-        chunk_ids = []
-        for ref in refs:
-            if (
-                not isinstance(ref, list)
-                or len(ref) != 2
-                or type(ref[0]) is not bytes
-                or len(ref[0]) != ID_BYTES
-                or type(ref[1]) is not int
-            ):
-                raise WrongTypeError("payload file.put: a chunk is [32-byte id, length]")
-            chunk_ids.append(ref[0])
-        if sum(ref[1] for ref in refs) != size:
-            raise WrongTypeError("payload file.put: chunk lengths do not add up to the size")
-        inline_ids = []
-        for item in inline:
-            if (
-                not isinstance(item, list)
-                or len(item) != 2
-                or type(item[0]) is not int
-                or not 0 <= item[0] < len(chunk_ids)
-                or type(item[1]) is not bytes
-            ):
-                raise WrongTypeError("payload file.put: an inline chunk is [chunk index, bytes]")
-            inline_ids.append((chunk_ids[item[0]], len(item[1])))
-        text = payload.get("text") is True
-        deleted = False
-    else:
-        size = mtime = 0
-        mime, content_hash, chunk_ids, inline_ids, text, deleted = "", None, [], [], False, True
+            raise WrongTypeError(f"payload {kind}: 'base' must be a list of version ids")
+    if kind != T_FILE_PUT:
+        return _Record(doc_id, path, base, 0, 0, "", None, [], [], False)
+    size, mtime = field_int(payload, "size"), field_int(payload, "mtime")
+    mime, content_hash = field_str(payload, "mime"), field_bytes(payload, "hash", ID_BYTES)
+    refs, inline = payload.get("chunks"), payload.get("inline")
+    if not isinstance(refs, list) or not isinstance(inline, list):
+        raise WrongTypeError("payload file.put: 'chunks' and 'inline' must be lists")
+    chunk_ids = []
+    for ref in refs:
+        if (
+            not isinstance(ref, list)
+            or len(ref) != 2
+            or type(ref[0]) is not bytes
+            or len(ref[0]) != ID_BYTES
+            or type(ref[1]) is not int
+        ):
+            raise WrongTypeError("payload file.put: a chunk is [32-byte id, length]")
+        chunk_ids.append(ref[0])
+    if sum(ref[1] for ref in refs) != size:
+        raise WrongTypeError("payload file.put: chunk lengths do not add up to the size")
+    inline_ids = []
+    for item in inline:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or type(item[0]) is not int
+            or not 0 <= item[0] < len(chunk_ids)
+            or type(item[1]) is not bytes
+        ):
+            raise WrongTypeError("payload file.put: an inline chunk is [chunk index, bytes]")
+        inline_ids.append((chunk_ids[item[0]], len(item[1])))
+    text = payload.get("text") is True
+    return _Record(doc_id, path, base, size, mtime, mime, content_hash, chunk_ids, inline_ids, text)
+
+
+def _fold(
+    conn: sqlite3.Connection,
+    number: int,
+    vid: bytes,
+    event: Event,
+    record: _Record,
+    ours: bool,
+) -> None:
     superseded = (
         None
         if ours
-        else conn.execute("SELECT 1 FROM file_bases WHERE base = ? LIMIT 1", (event.id,)).fetchone()
+        else conn.execute("SELECT 1 FROM file_bases WHERE base = ? LIMIT 1", (vid,)).fetchone()
     )
     conn.execute(
         f"INSERT OR IGNORE INTO file_versions ({_VERSION_COLUMNS})"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            rowid,
-            doc_id,
-            event.id,
+            number,
+            record.doc_id,
+            vid,
             event.author,
             event.lamport,
             event.time_ms,
-            path,
-            size,
-            mtime,
-            mime,
-            content_hash,
-            deleted,
-            text,
-            b"".join(chunk_ids),
+            record.path,
+            record.size,
+            record.mtime_ms,
+            record.mime,
+            record.hash,
+            record.deleted,
+            record.text,
+            b"".join(record.chunk_ids),
             superseded is not None,
         ),
     )
-    for slot, (chunk_id, length) in enumerate(inline_ids):
+    for slot, (chunk_id, length) in enumerate(record.inline):
         conn.execute(
-            "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", (chunk_id, rowid, slot, length)
+            "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", (chunk_id, number, slot, length)
         )
-    for base_id in base:
-        conn.execute("INSERT OR IGNORE INTO file_bases VALUES (?, ?)", (base_id, rowid))
-        conn.execute("UPDATE file_versions SET superseded = 1 WHERE event_id = ?", (base_id,))
-    _refresh_file(conn, doc_id)
-    return doc_id
+    for base_id in record.base:
+        conn.execute("INSERT OR IGNORE INTO file_bases VALUES (?, ?)", (base_id, number))
+        conn.execute("UPDATE file_versions SET superseded = 1 WHERE version_id = ?", (base_id,))
+    _refresh_file(conn, record.doc_id)
 
 
 def _refresh_file(conn: sqlite3.Connection, doc_id: bytes) -> None:
@@ -392,9 +489,9 @@ def edit_bases(store: Store, doc_id: bytes, edited: bytes | None) -> list[bytes]
     every = versions(store, doc_id)
     current = [v for v in every if not v.superseded]
     if edited is None or any(v.hash == edited for v in current):
-        return [v.event_id for v in current]
+        return [v.version_id for v in current]
     origin = [v for v in every if v.hash == edited and not v.deleted]
-    return [origin[-1].event_id] if origin else [v.event_id for v in current]
+    return [origin[-1].version_id] if origin else [v.version_id for v in current]
 
 
 def conflicts(store: Store) -> list[FileEntry]:
@@ -417,41 +514,75 @@ def has_chunk(store: Store, chunk_id: bytes) -> bool:
 
 
 Location = tuple[int, int]
-"""Where a chunk's bytes are: the rowid of the event holding them and their inline slot
-(-1: the event is a ``blob.chunk``)."""
+"""Where a chunk's bytes are: the number (``place``) of the record holding them and their
+inline slot in it (-1: the event is a ``blob.chunk``)."""
 _IN_BATCH: Final = 500
 """Keys per ``IN`` lookup query (SQLite allows 999 parameters in its oldest builds)."""
 
 
 def chunk_locations(store: Store, chunk_ids: Iterable[bytes]) -> dict[bytes, Location]:
     """Where each chunk we hold is; a chunk that has not arrived is absent from the result."""
-    rows = _rows_in(store, "SELECT id, rowid, slot FROM chunks", "id", chunk_ids)
-    return {bytes(cid): (int(rowid), int(slot)) for cid, rowid, slot in rows}
+    rows = _rows_in(store, "SELECT id, place, slot FROM chunks", "id", chunk_ids)
+    return {bytes(cid): (int(number), int(slot)) for cid, number, slot in rows}
 
 
 # --- reading content ----------------------------------------------------------------------
 
 
+class OpenedRecords:
+    """The last few file events opened for their chunks, by local rowid.
+
+    A ``file.batch`` carries many small files' chunks: a mirror writing them one by one
+    would otherwise decrypt the same event once a file. Bounded, as the events are big."""
+
+    def __init__(self, engine: Engine, size: int = 4) -> None:
+        self.engine, self.size = engine, size
+        self._opened: OrderedDict[int, Payload] = OrderedDict()
+
+    def record(self, number: int) -> Payload | None:
+        """The payload of the record numbered ``number``; None if its event is gone."""
+        rowid = event_rowid(number)
+        payload = self._opened.get(rowid)
+        if payload is None:
+            raw = self.engine.store.event_by_rowid(rowid)
+            if raw is None:
+                return None
+            payload = self.engine.keyring.open_payload(raw.decoded())
+            self._opened[rowid] = payload
+            if len(self._opened) > self.size:
+                self._opened.popitem(last=False)
+        else:
+            self._opened.move_to_end(rowid)
+        if payload["t"] == T_FILE_BATCH:
+            record: Payload = payload["files"][number & ((1 << SLOT_BITS) - 1)]
+            return record
+        return payload
+
+
 def iter_content(
-    engine: Engine, found: FileVersion, where: dict[bytes, Location] | None = None
+    engine: Engine,
+    found: FileVersion,
+    where: dict[bytes, Location] | None = None,
+    opened: OpenedRecords | None = None,
 ) -> Iterator[bytes]:
     """The exact bytes of one version, a chunk at a time (bounded memory).
 
-    ``where``: the chunks' locations, if the caller looked them up already.
+    ``where``: the chunks' locations, if the caller looked them up already; ``opened``:
+    events opened for earlier files, to reuse.
     """
     store = engine.store
     where = chunk_locations(store, found.chunks) if where is None else where
+    opened = OpenedRecords(engine, 1) if opened is None else opened
     for chunk_id in found.chunks:
         location = where.get(chunk_id)
         if location is None:
             raise NotFoundError(
                 f"{found.path}: chunk {chunk_id[:6].hex()} has not arrived yet (sync first)"
             )
-        rowid, slot = location
-        raw = store.event_by_rowid(rowid)
-        if raw is None:
+        number, slot = location
+        payload = opened.record(number)
+        if payload is None:
             raise NotFoundError(f"{found.path}: the event holding a chunk is gone")
-        payload = engine.keyring.open_payload(raw.decoded())
         if slot < 0:
             yield field_bytes(payload, "data")
         else:

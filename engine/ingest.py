@@ -13,16 +13,18 @@ it on two replicas merge.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mimetypes
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Final
 
 from engine import files
 from engine.blobs import BlobKeys, cut
 from engine.documents import new_doc_id
+from eventlog.payload import Payload
 
 if TYPE_CHECKING:
     from engine.engine import Engine
@@ -92,11 +94,82 @@ def unchanged_text(
 
 
 class FileWriter:
-    """Writes files into one engine's vault (``Ingester`` of the folder layer uses it)."""
+    """Writes files into one engine's vault (the folder layer's ``Folder`` uses it).
+
+    Inside ``batch()`` the records of many files go out as one ``file.batch`` event: the
+    per-event costs (a signature, a seal, a stored and synced row; a verification and an
+    open on every replica that receives it) are paid once per batch, not once a file.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.keys = BlobKeys(engine.keyring, engine.log.vault_format())
+        self._pending: list[Payload] | None = None
+        """The records of the batch in progress (None: no batch, each record is an event)."""
+        self._pending_docs: set[bytes] = set()
+        self._pending_paths: set[str] = set()
+        self._pending_chunks: set[bytes] = set()
+        self._pending_bytes = 0
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction whose file records are written as few ``file.batch`` events.
+
+        Until a batch is written its records are not in the tables: a record for a file
+        (document or path) already waiting writes the batch first, so every lookup sees
+        what came before it, as without a batch. On an exception the transaction rolls
+        back, and the waiting records go with it. Nested uses join the outer batch.
+        """
+        if self._pending is not None:
+            yield
+            return
+        with self.engine.store.atomic():
+            self._pending = []
+            try:
+                yield
+                self._flush()
+            finally:
+                self._pending = None
+                self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        self._pending_docs.clear()
+        self._pending_paths.clear()
+        self._pending_chunks.clear()
+        self._pending_bytes = 0
+
+    def _settle(self, doc_id: bytes | None, path: str | None) -> None:
+        """Write the waiting batch if it holds a record of this document or path."""
+        if doc_id in self._pending_docs or path in self._pending_paths:
+            self._flush()
+
+    def _emit(self, record: Payload, inline: list[tuple[int, bytes]] | None = None) -> None:
+        """Write a file record now, or add it to the batch in progress."""
+        if self._pending is None:
+            self.engine.append_record(record)
+            return
+        self._pending.append(record)
+        self._pending_docs.add(record["doc"])
+        self._pending_paths.add(record["path"])
+        for index, data in inline or ():
+            self._pending_chunks.add(record["chunks"][index][0])
+            self._pending_bytes += len(data)
+        if (
+            len(self._pending) >= files.BATCH_MAX_RECORDS
+            or self._pending_bytes >= files.BATCH_MAX_BYTES
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self.engine.append_record(pending[0] if len(pending) == 1 else files.batch_payload(pending))
+        pending.clear()
+        self._clear_pending()
+
+    def _has_chunk(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._pending_chunks or files.has_chunk(self.engine.store, chunk_id)
 
     def put(
         self,
@@ -141,7 +214,7 @@ class FileWriter:
                 kept += data
             chunk_id = self.keys.chunk_id(data)
             refs.append((chunk_id, len(data)))
-            if chunk_id in seen or files.has_chunk(store, chunk_id):
+            if chunk_id in seen or self._has_chunk(chunk_id):
                 continue
             seen.add(chunk_id)
             new_bytes += len(data)
@@ -154,7 +227,11 @@ class FileWriter:
         content_hash = hasher.digest()
         text = size <= TEXT_MAX and is_text(bytes(kept))
         with store.atomic():
+            self._settle(doc_id, path)
             entry = files.file_entry(store, doc_id) if doc_id else files.entry_at_path(store, path)
+            if entry is not None and entry.doc_id in self._pending_docs:  # moved here, unwritten
+                self._flush()
+                entry = files.entry_at_path(store, path)
             if entry is not None and doc_id is None:
                 doc_id = entry.doc_id
             unchanged = (
@@ -179,7 +256,7 @@ class FileWriter:
                 base = []  # no version to supersede, or none this change was made to
             else:
                 base = files.edit_bases(store, doc_id, None if text else edited)
-            engine.append_record(
+            self._emit(
                 files.put_payload(
                     doc_id,
                     path,
@@ -191,7 +268,8 @@ class FileWriter:
                     inline=inline,
                     base=base,
                     text=text,
-                )
+                ),
+                inline,
             )
         return Put(doc_id, path, content_hash, size, True, new_bytes, state, text)
 
@@ -207,17 +285,19 @@ class FileWriter:
         ``edited``: the content hash of what was deleted, if known (see ``put``)."""
         store = self.engine.store
         with store.atomic():
+            self._settle(doc_id, None)
             entry = files.file_entry(store, doc_id)
             if entry is None or entry.deleted:
                 return False
             base = files.edit_bases(store, doc_id, edited)
-            self.engine.append_record(files.delete_payload(doc_id, entry.path, base))
+            self._emit(files.delete_payload(doc_id, entry.path, base))
         return True
 
     def rename(self, doc_id: bytes, new_path: str, *, mtime_ms: int) -> None:
         """The same content under a new path: a new version, no new chunks."""
         store = self.engine.store
         with store.atomic():
+            self._settle(doc_id, new_path)
             entry = files.file_entry(store, doc_id)
             if entry is None:
                 raise files.UnsafePathError("no such file to rename")
@@ -228,8 +308,8 @@ class FileWriter:
             )
             sizes = {bytes(row[0]): int(row[1]) for row in rows}
             refs = [(cid, int(sizes.get(cid, 0))) for cid in current.chunks]
-            base = [head.event_id for head in files.heads(store, doc_id)]
-            self.engine.append_record(
+            base = [head.version_id for head in files.heads(store, doc_id)]
+            self._emit(
                 files.put_payload(
                     doc_id,
                     new_path,

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from engine import files
 from engine.documents import LiveDoc, summarize
 from eventlog.envelope import decode_stored
 from eventlog.payload import field_bytes
@@ -90,9 +91,12 @@ def log(
     """The vault's history, newest first (by lamport, then author): ``git log`` for events."""
     where: list[str] = []
     params: list[Any] = []
-    if doc is not None:
-        where.append("i.doc = ?")
-        params.append(doc)
+    if doc is not None:  # a file's versions in ``file.batch`` events, too
+        where.append(
+            "(i.doc = ? OR e.rowid IN"
+            f" (SELECT rowid >> {files.SLOT_BITS} FROM file_versions WHERE doc = ?))"
+        )
+        params += [doc, doc]
     if author is not None:
         where.append("e.author = ?")
         params.append(author)

@@ -37,7 +37,7 @@ ENGINE_TABLES: Final = {
         ("rowid",),
         (
             "doc",
-            "event_id",
+            "version_id",
             "author",
             "lamport",
             "path",
@@ -51,7 +51,7 @@ ENGINE_TABLES: Final = {
         ),
     ),
     "file_bases": (("base", "version"), ()),
-    "chunks": (("id",), ("rowid", "slot", "size")),
+    "chunks": (("id",), ("place", "slot", "size")),
     "files": (("doc",), ("version", "path", "deleted", "heads", "versions")),
 }
 PROCESSOR_TABLES: Final = {

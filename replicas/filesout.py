@@ -37,7 +37,8 @@ def resolve_file(replica: Replica, target: str) -> bytes:
 
 
 def version_at(replica: Replica, doc_id: bytes, event_prefix: str) -> files.FileVersion:
-    """The version of a file as of an event: that version itself, or the one in force then.
+    """The version of a file as of an event: the one it made (a ``file.batch`` makes one
+    a file), or the one in force then.
 
     "In force" is the winner among the versions ordered at or before the event by
     (lamport, author) — the same cut ``cat --at`` uses, so every replica answers the same.
@@ -45,14 +46,14 @@ def version_at(replica: Replica, doc_id: bytes, event_prefix: str) -> files.File
     event = replica.store.resolve_event(event_prefix)
     history = files.versions(replica.store, doc_id)
     for found in history:
-        if found.event_id == event.id:
+        if files.event_rowid(found.rowid) == event.rowid:
             return found
     cut = (event.lamport, event.author)
     before = [v for v in history if (v.lamport, v.author) <= cut]
     if not before:
         raise NotFoundError(f"the file did not exist yet at event {event_prefix}")
     named = {base for v in before for base in _bases(replica, v)}
-    heads = [v for v in before if v.event_id not in named] or before
+    heads = [v for v in before if v.version_id not in named] or before
     return max(heads, key=lambda v: v.order)
 
 

@@ -173,6 +173,8 @@ class Folder:
         self._versions: dict[int, files.FileVersion] = {}
         self._where: dict[bytes, files.Location] = {}
         """What ``_prefetch`` found for the batch of mirror writes in progress."""
+        self._opened = files.OpenedRecords(replica.engine)
+        """The file events last opened for chunks: a ``file.batch`` holds many files."""
         self._resolved: dict[str, bool] = {}
         """Vault directories (``"a/b"``, ``""`` for the root) checked for ``local_path`` in the
         current batch of mirror writes: whether they resolve inside the folder (cleared when
@@ -441,7 +443,7 @@ class Folder:
         """
         puts, done = [], 0
         for batch, together in batches(found):
-            with self.store.atomic() if together else contextlib.nullcontext():
+            with self.writer.batch() if together else contextlib.nullcontext():
                 for local, info in batch:
                     path = paths.get(local) if paths else None
                     put = self.ingest(local, result, path, records)
@@ -469,11 +471,10 @@ class Folder:
                 if path not in known:
                     fresh.append((local, info))
         renames = self._match_renames(gone, fresh, result)
-        store = self.store
         found = [item for item in present if item[0] in paths and item[0] not in renames]
         total = sum(info.st_size for _, info in found)
         self.ingest_all(found, result, progress, total, paths, known)
-        with store.atomic():
+        with self.writer.batch():
             for path, seen in gone.items():
                 self._deleted(path, seen, result)
         if self.mirror:
@@ -594,7 +595,7 @@ class Folder:
         puts = self.ingest_all(todo, result, paths=paths, records=records)
         touched = [put.doc_id for put in puts if put.changed]
         if gone:
-            with self.store.atomic():
+            with self.writer.batch():
                 for path, seen in gone.items():
                     self._deleted(path, seen, result)
         if self.mirror and touched:  # a text edit merged with others: write the merge back
@@ -777,7 +778,7 @@ class Folder:
         if data is not None:  # a text file's merge: written now, so its mtime is now
             write_file(target, [data], mode=mode, mtime_ns=None)
         else:  # bytes as they were: they keep their mtime
-            blocks = files.iter_content(self.replica.engine, found, where)
+            blocks = files.iter_content(self.replica.engine, found, where, self._opened)
             write_file(target, blocks, mode=mode, mtime_ns=found.mtime_ms * 1_000_000)
 
     def _remove_deleted(self, old_path: str | None, later: list[Callable[[], None]]) -> bool:

@@ -59,16 +59,19 @@ def status(replica: Replica) -> dict[str, Any]:
 
 
 def payload_summary(payload: dict[str, Any]) -> dict[str, Any]:
-    """A printable view of a payload: bytes as hex (long ones as their length)."""
-    out: dict[str, Any] = {}
-    for key, value in payload.items():
-        if isinstance(value, bytes):
-            out[str(key)] = value.hex() if len(value) <= 32 else f"<{len(value)} bytes>"
-        elif isinstance(value, dict):
-            out[str(key)] = payload_summary(value)
-        else:
-            out[str(key)] = value
-    return out
+    """A printable view of a payload: bytes as hex (long ones as their length), at any
+    depth (a ``file.put``'s chunk list, a ``file.batch``'s records)."""
+    return {str(key): _printable(value) for key, value in payload.items()}
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex() if len(value) <= 32 else f"<{len(value)} bytes>"
+    if isinstance(value, dict):
+        return payload_summary(value)
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    return value
 
 
 def show_event(replica: Replica, row: StoredEvent) -> dict[str, Any]:
