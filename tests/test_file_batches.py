@@ -20,6 +20,7 @@ from engine import files
 from engine.documents import new_doc_id
 from engine.ingest import FileWriter
 from eventlog.migrate import migrate
+from eventlog.payload import Payload
 from replicas.deep_verify import deep_verify
 from replicas.filesout import content
 from replicas.home import Home
@@ -157,13 +158,13 @@ def test_a_malformed_batch_is_inert_as_a_whole(trio: list[Replica], records: str
         base=[],
         text=False,
     )
-    batch: list[dict[str, object]] = {
+    batch: list[Payload] = {
         "twice": [good, dict(good, path="other.bin")],
         "bad-record": [good, dict(good, path="../escape")],
         "empty": [],
         "not-a-file-record": [good, {"t": "blob.chunk", "id": bytes(32), "data": b"x"}],
     }[records]
-    a.engine.append_record(files.batch_payload(batch))  # type: ignore[arg-type]
+    a.engine.append_record(files.batch_payload(batch))
     exchange(a, b)
     for replica in (a, b):
         row = replica.store.query_one("SELECT note FROM event_index WHERE type = 'file.batch'")
