@@ -635,6 +635,9 @@ class Folder:
                 entries = files.file_entries(store, deleted=True)
             else:
                 entries = files.file_entries_of(store, doc_ids)
+        # In log order: the files of one ``file.batch`` come together, so its event is
+        # opened once for all of them (``files.OpenedRecords``), not once a file.
+        entries.sort(key=lambda entry: entry.rowid)
         written = 0
         for start in range(0, len(entries), BATCH_FILES):
             # Files are written outside any transaction, and what the folder now holds is
