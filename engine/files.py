@@ -421,25 +421,35 @@ def file_entry(store: Store, doc_id: bytes) -> FileEntry | None:
     return None if row is None else _entry(row)
 
 
-def _rows_in(store: Store, select: str, column: str, keys: Iterable[Any]) -> list[Any]:
-    """``select WHERE column IN (keys)``, in one query per ``_IN_BATCH`` distinct keys."""
+def rows_in(
+    store: Store,
+    select: str,
+    column: str,
+    keys: Iterable[Any],
+    *,
+    where: str = "",
+    args: tuple[Any, ...] = (),
+) -> list[Any]:
+    """``select WHERE [where AND] column IN (keys)``, in one query per ``_IN_BATCH``
+    distinct keys (``args``: the parameters of ``where``)."""
     wanted, rows = list(dict.fromkeys(keys)), []
+    also = f"{where} AND " if where else ""
     for start in range(0, len(wanted), _IN_BATCH):
         batch = tuple(wanted[start : start + _IN_BATCH])
         marks = ",".join("?" * len(batch))
-        rows += store.query_all(f"{select} WHERE {column} IN ({marks})", batch)
+        rows += store.query_all(f"{select} WHERE {also}{column} IN ({marks})", args + batch)
     return rows
 
 
 def file_entries_of(store: Store, doc_ids: Iterable[bytes]) -> list[FileEntry]:
     """The entries of these documents (those that are files)."""
-    return [_entry(row) for row in _rows_in(store, _ENTRY_SELECT, "f.doc", doc_ids)]
+    return [_entry(row) for row in rows_in(store, _ENTRY_SELECT, "f.doc", doc_ids)]
 
 
 def versions_at(store: Store, rowids: Iterable[int]) -> dict[int, FileVersion]:
     """The versions with these rowids."""
     select = f"SELECT {_VERSION_COLUMNS} FROM file_versions"
-    return {int(row[0]): _version(row) for row in _rows_in(store, select, "rowid", rowids)}
+    return {int(row[0]): _version(row) for row in rows_in(store, select, "rowid", rowids)}
 
 
 def file_entries(store: Store, *, deleted: bool = False) -> list[FileEntry]:
@@ -452,7 +462,23 @@ def entry_at_path(store: Store, path: str) -> FileEntry | None:
     rows = store.query_all(f"{_ENTRY_SELECT} WHERE f.path = ? AND f.deleted = 0", (path,))
     if not rows:
         return None
-    return max((_entry(row) for row in rows), key=lambda e: (e.rowid != 0, e.doc_id))
+    return max((_entry(row) for row in rows), key=_path_winner)
+
+
+def entries_at_paths(store: Store, paths: Iterable[str]) -> dict[str, FileEntry]:
+    """``entry_at_path`` of many paths, in a few queries (the paths no live file holds are
+    absent)."""
+    found: dict[str, FileEntry] = {}
+    for row in rows_in(store, _ENTRY_SELECT, "f.path", paths, where="f.deleted = 0"):
+        entry = _entry(row)
+        held = found.get(entry.path)
+        if held is None or _path_winner(entry) > _path_winner(held):
+            found[entry.path] = entry
+    return found
+
+
+def _path_winner(entry: FileEntry) -> tuple[bool, bytes]:
+    return (entry.rowid != 0, entry.doc_id)
 
 
 def versions(store: Store, doc_id: bytes) -> list[FileVersion]:
@@ -522,7 +548,7 @@ _IN_BATCH: Final = 500
 
 def chunk_locations(store: Store, chunk_ids: Iterable[bytes]) -> dict[bytes, Location]:
     """Where each chunk we hold is; a chunk that has not arrived is absent from the result."""
-    rows = _rows_in(store, "SELECT id, place, slot FROM chunks", "id", chunk_ids)
+    rows = rows_in(store, "SELECT id, place, slot FROM chunks", "id", chunk_ids)
     return {bytes(cid): (int(number), int(slot)) for cid, number, slot in rows}
 
 

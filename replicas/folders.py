@@ -27,7 +27,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from engine import files
 from engine.ingest import FileWriter, Put
@@ -173,6 +173,9 @@ class Folder:
         self._versions: dict[int, files.FileVersion] = {}
         self._where: dict[bytes, files.Location] = {}
         """What ``_prefetch`` found for the batch of mirror writes in progress."""
+        self._owners: dict[str, files.FileEntry] = {}
+        self._by_doc: dict[bytes, tuple[str, Seen]] = {}
+        self._at_path: dict[str, Seen] = {}
         self._opened = files.OpenedRecords(replica.engine)
         """The file events last opened for chunks: a ``file.batch`` holds many files."""
         self._resolved: dict[str, bool] = {}
@@ -233,16 +236,7 @@ class Folder:
             f"SELECT {_RECORD} FROM folder_files WHERE root = ?",
             (self.key,),
         )
-        return {
-            str(r[0]): Seen(
-                bytes(r[1]),
-                int(r[2]),
-                int(r[3]),
-                bytes(r[4]),
-                None if r[5] is None else bytes(r[5]),
-            )
-            for r in rows
-        }
+        return dict(_record_row(row) for row in rows)
 
     def _remember(self, path: str, seen: Seen) -> None:
         self.store.conn.execute(
@@ -672,35 +666,34 @@ class Folder:
         return written
 
     def _prefetch(self, batch: list[files.FileEntry]) -> None:
-        """A batch's versions and chunk locations in a few queries instead of two a file
-        (``_materialize_one`` looks up whatever a local edit changed since)."""
+        """A batch's versions, chunk locations, path owners and folder records in a few
+        queries instead of four a file (``_materialize_one`` looks up whatever a local
+        edit changed since; the records it changes are written after the batch)."""
         self._versions = files.versions_at(store := self.store, [e.rowid for e in batch])
         self._where = files.chunk_locations(
             store, [c for v in self._versions.values() if not v.text for c in v.chunks]
         )
+        self._owners = files.entries_at_paths(store, [e.path for e in batch if not e.deleted])
+        self._by_doc.clear()
+        self._at_path.clear()
+        select, mine = f"SELECT {_RECORD} FROM folder_files", (self.key,)
+        docs = [e.doc_id for e in batch]
+        for row in files.rows_in(store, select, "doc", docs, where="root = ?", args=mine):
+            path, seen = _record_row(row)
+            self._by_doc[seen.doc_id] = (path, seen)
+        paths = [e.path for e in batch]
+        for row in files.rows_in(store, select, "path", paths, where="root = ?", args=mine):
+            path, seen = _record_row(row)
+            self._at_path[path] = seen
 
     def _on_disk_unchanged(self, target: Path, seen: Seen | None) -> bool:
         return _matches(_lstat(target), seen)
 
     def _records(self, doc_id: bytes, path: str) -> tuple[tuple[str, Seen] | None, Seen | None]:
-        """In one query: where this folder last had the document (and what it knew of the
-        file there), and what it knows of the file now at ``path`` (maybe another
-        document's)."""
-        rows = self.store.query_all(  # two index searches (an OR made SQLite scan the folder)
-            f"SELECT {_RECORD} FROM folder_files INDEXED BY folder_files_by_doc"
-            f" WHERE root = ? AND doc = ? UNION ALL SELECT {_RECORD} FROM folder_files"
-            " WHERE root = ? AND path = ?",
-            (self.key, doc_id, self.key, path),
-        )
-        by_doc = at_path = None
-        for row in rows:
-            base = None if row[5] is None else bytes(row[5])
-            seen = Seen(bytes(row[1]), int(row[2]), int(row[3]), bytes(row[4]), base)
-            if seen.doc_id == doc_id:
-                by_doc = (str(row[0]), seen)
-            if row[0] == path:
-                at_path = seen
-        return by_doc, at_path
+        """Where this folder last had the document (and what it knew of the file there),
+        and what it knows of the file now at ``path`` (maybe another document's), as the
+        batch's ``_prefetch`` found them."""
+        return self._by_doc.get(doc_id), self._at_path.get(path)
 
     def _materialize_one(self, entry: files.FileEntry, later: list[Callable[[], None]]) -> bool:
         """Write one file if it needs it; what to record about it is appended to ``later``."""
@@ -712,7 +705,7 @@ class Folder:
         old_path = None if record is None else record[0]
         if entry.deleted:
             return self._remove_deleted(old_path, later)
-        if files.entry_at_path(store, entry.path) != entry:
+        if self._owners.get(entry.path) != entry:
             return False  # another document holds this path and wins it everywhere
         target = self.local_path(entry.path)
         if target is None:
@@ -822,6 +815,12 @@ class Folder:
 
 class _ChangedWhileReadError(Exception):
     """A file's size or mtime moved while it was read (``Folder.ingest``)."""
+
+
+def _record_row(row: tuple[Any, ...]) -> tuple[str, Seen]:
+    """A ``folder_files`` row of ``_RECORD``'s columns."""
+    base = None if row[5] is None else bytes(row[5])
+    return str(row[0]), Seen(bytes(row[1]), int(row[2]), int(row[3]), bytes(row[4]), base)
 
 
 def _lstat(path: Path) -> os.stat_result | None:
