@@ -85,6 +85,8 @@ class Database:
         self._data_version: int | None = None
         self.pre_commit_hooks: list[Callable[[], None]] = []
         """Called inside the transaction just before COMMIT: write-once-per-transaction rows."""
+        self.commit_hooks: list[Callable[[], None]] = []
+        """Called after a COMMIT succeeded: telling other processes what they can now see."""
         self.rollback_hooks: list[Callable[[], None]] = []
         """Called after a rollback, so callers can drop caches of what did not commit."""
         self.external_change_hooks: list[Callable[[], None]] = []
@@ -135,6 +137,8 @@ class Database:
         for hook in self.pre_commit_hooks:
             hook()
         self.conn.execute("COMMIT")
+        for hook in self.commit_hooks:
+            hook()
 
     def _roll_back(self, exc: BaseException) -> None:
         """Undo the transaction and forget what it cached; a SQLite error becomes ours."""

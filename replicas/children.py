@@ -12,12 +12,15 @@ import subprocess
 import sys
 
 
-def spawn_tied(module: str, *args: str, quiet: bool = False) -> subprocess.Popen[bytes]:
+def spawn_tied(
+    module: str, *args: str, quiet: bool = False, talks: bool = False
+) -> subprocess.Popen[bytes]:
     """Start ``python -m module args...`` with a pipe from us as its stdin (one thread for
-    numeric runtimes, as every shoal process runs). ``quiet`` discards its stdout."""
+    numeric runtimes, as every shoal process runs). ``quiet`` discards its stdout;
+    ``talks`` makes it a pipe to us."""
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL if quiet else None,
+        stdout=subprocess.PIPE if talks else subprocess.DEVNULL if quiet else None,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )

@@ -14,7 +14,9 @@ The worker ends when the daemon asks (SIGTERM) or disappears (its stdin, a pipe 
 daemon, reaches end of file), so a ``kill -9`` of the daemon leaves no orphan writing to
 the folder. The daemon restarts a worker that died, with backoff. A byte on that pipe is a
 wake-up: the daemon sends one whenever its engine stored or applied events, so a mirror
-writes what arrived at once instead of at its next poll.
+writes what arrived at once instead of at its next poll. The other way, the worker writes a
+byte to its stdout (a pipe to the daemon) after each commit, so the daemon pushes what was
+ingested at once instead of at its next ``POLL_S`` look (~0.1 s at the end of each burst).
 
     python -m replicas.folder_worker HOME [--watch DIR]... [--mirror DIR]...
 """
@@ -27,9 +29,11 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -58,26 +62,35 @@ class FolderWorker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> subprocess.Popen[bytes]:
-        self.proc = spawn_tied("replicas.folder_worker", *self.args)
+        self.proc = spawn_tied("replicas.folder_worker", *self.args, talks=True)
         if self.proc.stdin is not None:  # wake-ups are never worth blocking for (``_wake``)
             os.set_blocking(self.proc.stdin.fileno(), False)
         return self.proc
 
-    async def supervise(self, stop: asyncio.Event, engine: Engine | None = None) -> None:
+    async def supervise(
+        self,
+        stop: asyncio.Event,
+        engine: Engine | None = None,
+        committed: Callable[[], None] | None = None,
+    ) -> None:
         """Restart the worker whenever it dies before ``stop`` (1 s, 2 s ... 60 s apart;
         back to 1 s after a worker that ran for a minute). ``engine``: the daemon's, whose
-        stored and applied events wake the worker (see the module docstring)."""
+        stored and applied events wake the worker; ``committed``: called when the worker
+        says it committed (see the module docstring)."""
         arrived = asyncio.Event()
         if engine is not None:
             engine.add_wakeup(arrived)
         try:
-            await self._restart_until(stop, arrived)
+            await self._restart_until(stop, arrived, committed)
         finally:
             if engine is not None:
                 engine.remove_wakeup(arrived)
 
-    async def _restart_until(self, stop: asyncio.Event, arrived: asyncio.Event) -> None:
+    async def _restart_until(
+        self, stop: asyncio.Event, arrived: asyncio.Event, committed: Callable[[], None] | None
+    ) -> None:
         pause = RESTART_MIN_S
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -85,12 +98,21 @@ class FolderWorker:
             except OSError as exc:
                 log.error("cannot start the folder worker: %s", exc)
                 proc = None
-            while proc is not None and proc.poll() is None and not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), 0.2)
-                if arrived.is_set():
-                    arrived.clear()
-                    _wake(proc)
+            told = proc.stdout.fileno() if proc is not None and proc.stdout else None
+            if told is not None:
+                loop.add_reader(told, _heard, told, committed)
+            try:
+                while proc is not None and proc.poll() is None and not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), 0.2)
+                    if arrived.is_set():
+                        arrived.clear()
+                        _wake(proc)
+            finally:
+                if told is not None:
+                    loop.remove_reader(told)
+                if proc is not None and proc.poll() is not None and proc.stdout is not None:
+                    proc.stdout.close()  # a worker that is still running: ``stop`` closes it
             with contextlib.suppress(TimeoutError):  # Ctrl-C reaches us both: no restart
                 await asyncio.wait_for(stop.wait(), 0.5)
             if stop.is_set():
@@ -114,8 +136,26 @@ class FolderWorker:
             proc.kill()
             proc.wait()
         finally:
-            if proc.stdin is not None:
-                proc.stdin.close()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
+def _heard(fd: int, committed: Callable[[], None] | None) -> None:
+    """Bytes from the worker: it committed (end of file: it is gone, which the supervisor
+    sees by itself)."""
+    try:
+        heard = os.read(fd, 4096)
+    except OSError:
+        heard = b""
+    if heard and committed is not None:
+        committed()
+
+
+def _tell_daemon() -> None:
+    """One byte on stdout after a commit; none if the pipe is full (one is pending)."""
+    with contextlib.suppress(OSError):  # full, or the daemon is gone
+        os.write(sys.stdout.fileno(), b"\x01")
 
 
 def _wake(proc: subprocess.Popen[bytes]) -> None:
@@ -147,6 +187,9 @@ async def follow(home: Path, watch: list[Path], mirror: list[Path]) -> None:
                 stop.set()
 
         loop.add_reader(sys.stdin.fileno(), from_daemon)
+        if stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode):  # a pipe to the daemon
+            os.set_blocking(sys.stdout.fileno(), False)
+            replica.store.commit_hooks.append(_tell_daemon)
         folders = open_folders(replica, watch, mirror, report)
         await run_folders(replica, folders, stop)
 

@@ -276,6 +276,7 @@ class Node:
         self.links: list[PeerLink] = [PeerLink(u) for u in [*relays, *peers]]
         self.started = time.time()
         self.stop = asyncio.Event()
+        self._poked = asyncio.Event()
         self.registry = CollectorRegistry()
         self.m_events_in = Counter(
             "shoal_events_received", "Events stored from peers", registry=self.registry
@@ -376,10 +377,14 @@ class Node:
             body=generate_latest(self.registry), content_type="text/plain", charset="utf-8"
         )
 
+    def poke(self) -> None:
+        """Another process on this home (our folder worker) committed: look now."""
+        self._poked.set()
+
     async def watch_local(self) -> None:
         """Notice commits by other processes on this home (and our own) and push them."""
         last = self.replica.store.last_rowid()
-        ours = asyncio.Event()  # our own writes (watched folders, processors) wake at once
+        ours = self._poked  # our own writes and our folder worker's commits wake us at once
         self.replica.engine.add_wakeup(ours)
         try:
             while not self.stop.is_set():
@@ -434,7 +439,7 @@ async def serve_node(
     tasks = [asyncio.create_task(node.dial_forever(link)) for link in list(node.links)]
     tasks.append(asyncio.create_task(node.watch_local()))
     if folders is not None:
-        tasks.append(asyncio.create_task(folders.supervise(node.stop, replica.engine)))
+        tasks.append(asyncio.create_task(folders.supervise(node.stop, replica.engine, node.poke)))
     if processing is not None:
         tasks.append(asyncio.create_task(processing(node.stop)))
     if discover:
