@@ -377,19 +377,23 @@ def _fold(
 
 
 def _refresh_file(conn: sqlite3.Connection, doc_id: bytes) -> None:
-    """Recompute one file's current row from its heads."""
+    """Recompute one file's current row from its heads.
+
+    Reads only the columns the winner rule needs, as plain rows: building every version
+    whole was a third of folding a new small file."""
     rows = conn.execute(
-        f"SELECT {_VERSION_COLUMNS} FROM file_versions WHERE doc = ?", (doc_id,)
+        "SELECT superseded, deleted = 0, lamport, author, rowid, path, deleted, hash"
+        " FROM file_versions WHERE doc = ?",
+        (doc_id,),
     ).fetchall()
-    versions = [_version(row) for row in rows]
-    heads = [v for v in versions if not v.superseded]
+    heads = [row for row in rows if not row[0]]
     if not heads:  # a cycle of bases can only come from a forged history: keep the newest
-        heads = versions
-    winner = max(heads, key=lambda v: v.order)
-    contents = {(v.deleted, v.hash) for v in heads}
+        heads = rows
+    winner = max(heads, key=lambda row: row[1:4])  # FileVersion.order: live, lamport, author
+    contents = {(row[6], row[7]) for row in heads}
     conn.execute(
         "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-        (doc_id, winner.rowid, winner.path, winner.deleted, len(contents), len(versions)),
+        (doc_id, winner[4], winner[5], winner[6], len(contents), len(rows)),
     )
 
 

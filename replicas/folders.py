@@ -157,6 +157,7 @@ class Folder:
         self.replica = replica
         self.root = root.resolve()
         self.key = str(self.root)
+        self._prefix = self.key.rstrip("/") + "/"
         self.mirror = mirror
         self.report: Report = report or (lambda line: None)
         self.writer = FileWriter(replica.engine)
@@ -254,7 +255,7 @@ class Folder:
     def vault_path(self, local: Path) -> str | None:
         """The vault path of a local file, or None (reported) if it cannot be one."""
         try:
-            rel = local.relative_to(self.root).as_posix()
+            rel = self._relative(local)
         except ValueError:
             self.report(f"skipped {local}: outside {self.root}")
             return None
@@ -271,6 +272,14 @@ class Folder:
         except files.UnsafePathError as exc:
             self.report(f"skipped {local}: {exc}")
             return None
+
+    def _relative(self, local: Path) -> str:
+        """``local.relative_to(self.root).as_posix()`` (ValueError if outside), by string
+        prefix when it can be: pathlib's took ~17 us, asked twice for every file found."""
+        text = str(local)
+        if text.startswith(self._prefix):
+            return text[len(self._prefix) :]
+        return local.relative_to(self.root).as_posix()
 
     def vault_paths(self, found: list[Path], result: ScanResult) -> dict[Path, str]:
         """Each file's vault path, worked out (and a bad name reported and counted) once."""
@@ -326,7 +335,7 @@ class Folder:
                 continue
             for entry in entries:
                 local = Path(entry.path)
-                rel = local.relative_to(self.root).as_posix()
+                rel = self._relative(local)
                 try:
                     info = entry.stat(follow_symlinks=False)
                 except OSError as exc:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from engine import files
 from eventlog.errors import ShoalError
+from replicas.atomic_write import TEMP_PREFIX
 from replicas.folders import Folder, Report, ScanResult
 
 if TYPE_CHECKING:
@@ -111,6 +112,8 @@ async def _follow_disk(folders: list[Folder], stop: asyncio.Event) -> None:
     ):
         batches: dict[Path, list[tuple[str, Path]]] = {}
         for change, raw in changes:
+            if raw.rpartition("/")[2].startswith(TEMP_PREFIX):
+                continue  # a mirror's own write in progress, renamed into place a moment later
             # By string prefix: ``r in Path(raw).parents`` compared Paths part by part, a
             # tenth of a mirror's work in a bulk write (watchfiles gives resolved paths).
             root = next((r for s, p, r in prefixes if raw == s or raw.startswith(p)), None)
