@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 TEXT_MAX: Final = 4 * 1024 * 1024
 """Larger files are stored as bytes only: a CRDT body that size would merge slowly."""
+RUN_BYTES: Final = 4 * 1024 * 1024
+"""A big file's new chunks commit in runs of about this many bytes: each commit is two
+``fdatasync`` calls (the pack, the WAL), ~1 s of W4c's 256 chunks one by one, while a run
+still lets the daemon send the start of the file as the rest is read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,49 @@ class FileWriter:
         pending.clear()
         self._clear_pending()
 
+    def _read(
+        self, stream: BinaryIO
+    ) -> tuple[bytes, int, list[tuple[bytes, int]], list[tuple[int, bytes]], bytearray, int]:
+        """Cut and hash the stream, storing its new big chunks as it goes (in runs); the
+        content hash, size, chunk references, new small chunks (to ride inline), the
+        content while it may be text, and how many bytes were new."""
+        hasher = self.keys.content_hasher()
+        refs: list[tuple[bytes, int]] = []
+        inline: list[tuple[int, bytes]] = []
+        seen: set[bytes] = set()
+        kept = bytearray()  # the content while it may still be a text file
+        run: list[Payload] = []  # new big chunks not stored yet (at most ~RUN_BYTES)
+        size = new_bytes = run_bytes = 0
+        for data in cut(stream):
+            hasher.update(data)
+            size += len(data)
+            if size <= TEXT_MAX:
+                kept += data
+            chunk_id = self.keys.chunk_id(data)
+            refs.append((chunk_id, len(data)))
+            if chunk_id in seen or self._has_chunk(chunk_id):
+                continue
+            seen.add(chunk_id)
+            new_bytes += len(data)
+            if len(data) <= files.INLINE_MAX:
+                inline.append((len(refs) - 1, data))
+                continue
+            run.append(files.chunk_payload(chunk_id, data))
+            run_bytes += len(data)
+            if run_bytes >= RUN_BYTES:
+                self._store_run(run)
+                run_bytes = 0
+        self._store_run(run)
+        return hasher.digest(), size, refs, inline, kept, new_bytes
+
+    def _store_run(self, run: list[Payload]) -> None:
+        """A run of chunk events in one transaction (the caller's, if it is in one)."""
+        if run:
+            with self.engine.store.atomic():
+                for payload in run:
+                    self.engine.append_record(payload)
+            run.clear()
+
     def _has_chunk(self, chunk_id: bytes) -> bool:
         return chunk_id in self._pending_chunks or files.has_chunk(self.engine.store, chunk_id)
 
@@ -201,30 +248,9 @@ class FileWriter:
         """
         files.check_path(path)
         engine, store = self.engine, self.engine.store
-        hasher = self.keys.content_hasher()
-        refs: list[tuple[bytes, int]] = []
-        inline: list[tuple[int, bytes]] = []
-        seen: set[bytes] = set()
-        kept = bytearray()  # the content while it may still be a text file
-        size = new_bytes = 0
-        for data in cut(stream):
-            hasher.update(data)
-            size += len(data)
-            if size <= TEXT_MAX:
-                kept += data
-            chunk_id = self.keys.chunk_id(data)
-            refs.append((chunk_id, len(data)))
-            if chunk_id in seen or self._has_chunk(chunk_id):
-                continue
-            seen.add(chunk_id)
-            new_bytes += len(data)
-            if len(data) <= files.INLINE_MAX:
-                inline.append((len(refs) - 1, data))
-            else:
-                engine.append_record(files.chunk_payload(chunk_id, data))
+        content_hash, size, refs, inline, kept, new_bytes = self._read(stream)
         if still is not None:
             still()
-        content_hash = hasher.digest()
         text = size <= TEXT_MAX and is_text(bytes(kept))
         with store.atomic():
             self._settle(doc_id, path)

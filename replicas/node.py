@@ -43,6 +43,10 @@ BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
 POLL_S: Final = 0.2
 """How often the daemon looks for commits by other processes (``shoal append`` ...)."""
+PUSH_GAP_S: Final = 0.1
+"""The least time between two looks that found something: a poke after a quiet spell is
+pushed at once, and a stream of commits (a big file's chunks, each its own) is pushed in
+runs, not one sync round (and one fsync on the relay and on every peer) a commit."""
 
 
 class SyncError(ShoalError):
@@ -393,6 +397,7 @@ class Node:
                 if now != last:
                     last = now
                     self.wake_all()
+                    await asyncio.sleep(PUSH_GAP_S)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ours.wait(), POLL_S)
                 ours.clear()

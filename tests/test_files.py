@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from engine import files
 from engine.blobs import CHUNK_MAX, CHUNK_MIN, BlobKeys, cut
-from engine.ingest import FileWriter
+from engine.ingest import RUN_BYTES, FileWriter
 from eventlog.errors import NotFoundError, ShoalError
 from replicas.filesout import content, resolve_file
 from replicas.folders import MARKER, STREAM_BYTES, Folder, ScanResult
@@ -102,9 +102,9 @@ def test_add_list_get_byte_exact_and_dedup(trio: list[Replica], tmp_path: Path) 
 
 
 def test_a_big_files_chunks_commit_as_they_are_cut(trio: list[Replica], tmp_path: Path) -> None:
-    """A file of STREAM_BYTES or more is not held in its batch's transaction: each chunk
-    commits on its own, so a daemon on the home can send them while the rest is read; small
-    files still share one commit."""
+    """A file of STREAM_BYTES or more is not held in its batch's transaction: its chunks
+    commit in runs of about RUN_BYTES as they are cut, so a daemon on the home can send them
+    while the rest is read; small files still share one commit."""
     a = trio[0]
     src, _ = folder(a, tmp_path / "src")
     big = noise(STREAM_BYTES + CHUNK_MAX, 7)
@@ -129,7 +129,10 @@ def test_a_big_files_chunks_commit_as_they_are_cut(trio: list[Replica], tmp_path
     assert chunks is not None and chunks[0] >= 2
     before = [(0, 0), *commits[:-1]]
     steps = [(c - c0, p - p0) for (c0, p0), (c, p) in zip(before, commits, strict=True)]
-    assert steps.count((1, 0)) >= chunks[0] - 1, steps  # a chunk a commit, before its put
+    runs = [c for c, p in steps if c]
+    assert all(p == 0 for c, p in steps if c), steps  # chunks commit before their version
+    assert len(runs) >= 2 and sum(runs) == chunks[0], steps  # in several runs
+    assert max(runs) * CHUNK_MIN <= RUN_BYTES + CHUNK_MAX, steps  # of about RUN_BYTES
     assert (0, 3) in steps, steps  # the three small files: one commit
     assert current(a, "big.bin") == big
 
