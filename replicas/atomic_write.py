@@ -19,8 +19,11 @@ from typing import Final
 
 TEMP_PREFIX: Final = ".shoal-tmp-"
 WRITEBACK_MIN: Final = 256 * 1024
-"""Every this many bytes start their writeback as they are written, and a file's rest when
-it is done (see ``_start_writeback``)."""
+"""Every this many bytes start their writeback as they are written (see ``_start_writeback``)."""
+WRITEBACK_FILE_MIN: Final = 64 * 1024
+"""A file this big also starts the writeback of its rest when it is done. A smaller one is
+left to the batch's sync: the call costs ~50 us whatever the size (~0.5 s of W4b's 10,000
+files of 4 KiB), while W4a's 64 KiB files gained from it."""
 _TEMP_STEM: Final = f"{os.getpid()}-{secrets.token_hex(4)}-"
 """Temporary names: this process's stem and a serial (``O_EXCL`` refuses any clash)."""
 _temp_serial = itertools.count()
@@ -51,7 +54,7 @@ def write_file(
                 if done - started >= WRITEBACK_MIN:
                     _start_writeback(fd, started, done - started)
                     started = done
-            if done > started:
+            if done > started and done >= WRITEBACK_FILE_MIN:
                 _start_writeback(fd, started, done - started)
             if mtime_ns is not None:
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
