@@ -574,7 +574,12 @@ class Folder:
             if stat.S_ISDIR(info.st_mode):
                 rel = local.relative_to(self.root).as_posix() if local != self.root else ""
                 if local == self.root or not self.ignored(rel, is_dir=True):
-                    present.update(self.walk(local))
+                    written = self._just_written  # a mirror's new directory: files it wrote
+                    present.update(
+                        (found, found_info)
+                        for found, found_info in self.walk(local)
+                        if written.get(found) != (found_info.st_size, found_info.st_mtime_ns)
+                    )
             elif stat.S_ISREG(info.st_mode):
                 if self._just_written.pop(local, None) == (info.st_size, info.st_mtime_ns):
                     continue  # the echo of our own mirror write, unchanged since

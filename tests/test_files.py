@@ -427,6 +427,27 @@ def test_the_echo_of_a_mirror_write_is_dropped_but_an_edit_after_it_is_not(
     assert dst.changed_paths([("modified", p)]).unchanged == 1  # later events are checked
 
 
+def test_a_directory_the_mirror_made_is_not_read_again_but_an_edit_in_it_is(
+    trio: list[Replica], tmp_path: Path
+) -> None:
+    """The watcher reports a new directory, which is walked (files written right after a
+    ``mkdir`` can precede its watch); the files the mirror itself wrote there are echoes."""
+    a, b = trio[0], trio[1]
+    src, _ = folder(a, tmp_path / "src")
+    dst, _ = folder(b, tmp_path / "dst", mirror=True)
+    (src.root / "sub").mkdir()
+    for name in ("p.bin", "q.bin", "r.bin"):
+        (src.root / "sub" / name).write_bytes(noise(3000, len(name)))
+    src.scan()
+    exchange(a, b)
+    assert dst.scan().written == 3
+    (dst.root / "sub" / "q.bin").write_bytes(noise(4000, 9))  # edited before the batch came
+    result = dst.changed_paths([("added", dst.root / "sub")])
+    assert (result.changed, result.unchanged, result.added) == (1, 0, 0)
+    assert current(b, "sub/q.bin") == noise(4000, 9)
+    assert current(b, "sub/p.bin") == noise(3000, 5)
+
+
 def test_ignore_patterns_temp_files_and_symlinks(
     make_replica: Callable[[str], Replica], tmp_path: Path
 ) -> None:
