@@ -19,15 +19,20 @@ from hypothesis import strategies as st
 from engine import files
 from engine.documents import new_doc_id
 from engine.ingest import FileWriter
+from eventlog.envelope import decode_event
 from eventlog.migrate import migrate
 from eventlog.payload import Payload
 from replicas.deep_verify import deep_verify
 from replicas.filesout import content
 from replicas.home import Home
 from replicas.vault import Replica, init_vault
-from tests.conftest import add_replica
+from tests.conftest import add_replica, all_raw
 from tests.test_cli import run_json
 from tests.test_files import current, exchange, folder, noise
+
+
+def author(raw: bytes) -> bytes:
+    return decode_event(raw).author
 
 
 def batch_events(replica: Replica) -> list[int]:
@@ -256,3 +261,51 @@ def test_the_one_version_per_event_numbering_migrates_in_place(
     assert current(a, "f0.bin") == b"changed"
     assert current(a, "f2.bin") == noise(20_002, 2)
     assert deep_verify(a) == []
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(order=st.randoms(use_true_random=False))
+def test_files_converge_whatever_order_two_authors_events_arrive_in(
+    tmp_path_factory: pytest.TempPathFactory, order: random.Random
+) -> None:
+    """Versions (batched or not), edits on both sides, a conflict and a deletion: a third
+    replica that gets the two authors' events interleaved in any order holds the same files
+    as each author, and what a rebuild of its log makes (``deep_verify``)."""
+    tmp = tmp_path_factory.mktemp("order")
+    a = init_vault(Home(tmp / "a"), "a")
+    b, c = add_replica(a, tmp / "b", "b"), add_replica(a, tmp / "c", "c")
+    exchange(a, b, c)  # everyone knows everyone before the files
+    known = {bytes(raw) for raw in all_raw(a)}
+    fa, _ = folder(a, tmp / "fa")
+    fc, _ = folder(c, tmp / "fc")
+    for i in range(6):
+        (fa.root / f"f{i}.bin").write_bytes(noise(200, i))
+    fa.scan()  # one batch
+    exchange(a, c)
+    (fc.root / "c0.bin").write_bytes(noise(300, 50))
+    fc.scan()  # a lone file.put of C's
+    for i in (0, 1):  # the same two files changed on A and on C: conflicts
+        for replica, seed in ((a, 60), (c, 70)):
+            entry = files.entry_at_path(replica.store, f"f{i}.bin")
+            assert entry is not None
+            FileWriter(replica.engine).put(
+                f"f{i}.bin", io.BytesIO(noise(100, seed + i)), mtime_ms=5, doc_id=entry.doc_id
+            )
+    gone = files.entry_at_path(a.store, "f5.bin")
+    assert gone is not None
+    FileWriter(a.engine).delete(gone.doc_id)
+    chains = [
+        [raw for raw in all_raw(replica) if bytes(raw) not in known and author(raw) == me]
+        for replica, me in ((a, a.engine.me), (c, c.engine.me))
+    ]
+    while any(chains):
+        chain = order.choice([chain for chain in chains if chain])
+        b.engine.accept_remote(chain.pop(0))
+    exchange(a, c)
+    assert listing(b) == listing(a) == listing(c)
+    assert any(conflict for *_, conflict in listing(b).values())
+    assert deep_verify(b) == []
+    for replica in (a, b, c):
+        replica.close()
