@@ -866,3 +866,27 @@ def test_a_paths_last_suffixes_are_what_pathlib_says(parts: list[str]) -> None:
         return
     path = "/".join(parts)
     assert _last_suffixes(path) == "".join(PurePosixPath(path).suffixes[-2:])
+
+
+def test_a_mirror_that_lost_its_records_reads_its_files_again_and_changes_nothing(
+    trio: list[Replica], tmp_path: Path
+) -> None:
+    """A crash between a mirror's writes and their records (or a lost ``folder_files``
+    table: it is local bookkeeping): the files are read again, found to be the vault's,
+    and no version or conflict is made."""
+    a, b = trio[0], trio[1]
+    src, _ = folder(a, tmp_path / "src")
+    for i in range(3):
+        (src.root / f"f{i}.bin").write_bytes(noise(2000, i))
+    (src.root / "note.md").write_text("hello\n")
+    src.scan()
+    exchange(a, b)
+    dst, reports = folder(b, tmp_path / "dst", mirror=True)
+    assert dst.scan().written == 4
+    events = b.store.query_one("SELECT count(*) FROM events")
+    with b.store.atomic():
+        b.store.conn.execute("DELETE FROM folder_files")  # the commits a crash dropped
+    result = dst.scan()
+    assert (result.added, result.changed, result.written, reports) == (0, 0, 0, [])
+    assert b.store.query_one("SELECT count(*) FROM events") == events
+    assert files.conflicts(b.store) == [] and files.clashes(b.store) == []
