@@ -142,13 +142,15 @@ class FolderWorker:
 
 
 def _heard(fd: int, committed: Callable[[], None] | None) -> None:
-    """Bytes from the worker: it committed (end of file: it is gone, which the supervisor
-    sees by itself)."""
+    """Bytes from the worker: it committed. End of file: it is gone (the supervisor sees
+    that by itself), and the pipe is no longer watched, or it would read as ready forever."""
     try:
         heard = os.read(fd, 4096)
     except OSError:
         heard = b""
-    if heard and committed is not None:
+    if not heard:
+        asyncio.get_running_loop().remove_reader(fd)
+    elif committed is not None:
         committed()
 
 
