@@ -43,7 +43,7 @@ BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
 POLL_S: Final = 0.2
 """How often the daemon looks for commits by other processes (``shoal append`` ...)."""
-PUSH_GAP_S: Final = 0.1
+PUSH_GAP_S: Final = 0.05
 """The least time between two looks that found something: a poke after a quiet spell is
 pushed at once, and a stream of commits (a big file's chunks, each its own) is pushed in
 runs, not one sync round (and one fsync on the relay and on every peer) a commit."""

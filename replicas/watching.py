@@ -157,7 +157,7 @@ async def _follow_vault(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), POLL_S)
             wakeup.clear()
-            await asyncio.sleep(0.05)  # let a burst of events land before writing files
+            await asyncio.sleep(0.02)  # let a burst of events land before writing files
             rows = engine.store.query_all(
                 "SELECT DISTINCT doc, max(rowid) OVER () FROM event_index"
                 f" WHERE rowid > ? AND type IN {FILE_TYPES_SQL}",
