@@ -1,18 +1,20 @@
 """Files as documents: versions, tombstones, chunk references, and the current state.
 
 A file is a document (random ``doc_id``) whose versions are ``file.put`` / ``file.delete``
-records. Each version names the versions it replaces (``base``: the heads its writer knew),
-so versions form a DAG per file, like git commits. A version no other version names is a
-*head*; several heads with different contents are a conflict. Every replica picks the same
-winner: a live version beats a deletion (as in Syncthing, a modification survives a
-concurrent delete), then the highest ``(lamport, author)``. Losers stay in history.
+records, each an event of its own or one of a ``file.batch`` event's (a folder batch's
+records share one). Each version names the versions it replaces (``base``: the heads its
+writer knew), so versions form a DAG per file, like git commits. A version no other
+version names is a *head*; several heads with different contents are a conflict. Every
+replica picks the same winner: a live version beats a deletion (as in Syncthing, a
+modification survives a concurrent delete), then the highest ``(lamport, author)``. Losers
+stay in history.
 
 Text files also keep their content in the document body (a CRDT), so concurrent edits of a
 text file merge instead of conflicting: for them the body is the truth, and a version's
 chunks are the exact bytes it was made from (what ``get --at`` returns).
 
 Content travels in chunks (``engine.blobs``): a small file's new chunk rides inline in its
-``file.put``; a large file's new chunks go first, each in its own ``blob.chunk`` event of the
+``file.put`` record; a large file's new chunks go first, each in its own ``blob.chunk`` event of the
 same author, so they always arrive before the version that needs them.
 """
 
@@ -55,7 +57,7 @@ BATCH_MAX_BYTES: Final = 1024 * 1024
 _VERSION_PERSON: Final = b"shoal-v1-fver"
 
 INLINE_MAX: Final = 256 * 1024
-"""A new chunk up to this size rides inside its ``file.put`` (one event per small file)."""
+"""A new chunk up to this size rides inside its ``file.put`` record (none of its own)."""
 MAX_PATH_BYTES: Final = 4096
 MAX_BASE: Final = 64
 

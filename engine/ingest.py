@@ -1,10 +1,11 @@
-"""Local file writes: bytes from a stream become chunk records and a ``file.put``.
+"""Local file writes: bytes from a stream become chunk records and a ``file.put`` record.
 
 The stream is read once, a chunk at a time: each chunk is hashed with the vault's chunk key,
 chunks the vault already has are only referenced (deduplication across files and versions),
 new large chunks are written at once as ``blob.chunk`` events, and a small new chunk (a
 small file, or a large file's tail) rides inline in the ``file.put``. So memory stays bounded
-by one chunk whatever the file's size, and a small file costs one event.
+by one chunk whatever the file's size, and a small file costs one record (inside a
+``FileWriter.batch``, many files' records share one ``file.batch`` event).
 
 A text file (valid UTF-8, no NUL, up to ``TEXT_MAX``) also becomes the document's body, as
 edits against the state the caller last saw (``Engine.merge_text``), so concurrent edits of
