@@ -10,6 +10,7 @@ pycrdt is imported on first use, not with this module: commands that never open 
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -152,3 +153,36 @@ def edit_text(live: LiveDoc, pos: int, delete: int, insert: str) -> None:
             del body[pos : pos + delete]
         if insert:
             body.insert(pos, insert)
+
+
+def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
+    """Edits turning ``old`` into ``new`` as (utf-8 byte offset, bytes deleted, insert),
+    last first so that applying them in order keeps the earlier offsets valid.
+
+    pycrdt indexes text by UTF-8 bytes; the diff runs on lines (fast on big files), then on
+    characters inside each changed block, so a one-word edit stays a one-word edit and two
+    replicas' edits of different words merge.
+    """
+    if old == new:
+        return []
+    prefix = 0
+    limit = min(len(old), len(new))
+    while prefix < limit and old[prefix] == new[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < limit - prefix and old[-1 - suffix] == new[-1 - suffix]:
+        suffix += 1
+    old_mid, new_mid = old[prefix : len(old) - suffix], new[prefix : len(new) - suffix]
+    edits: list[tuple[int, int, str]] = []
+    base = len(old[:prefix].encode("utf-8"))
+    if len(old_mid) * len(new_mid) > 4_000_000:  # a wholesale rewrite: one replace
+        edits.append((base, len(old_mid.encode("utf-8")), new_mid))
+        return edits
+    matcher = difflib.SequenceMatcher(None, old_mid, new_mid, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        offset = base + len(old_mid[:i1].encode("utf-8"))
+        edits.append((offset, len(old_mid[i1:i2].encode("utf-8")), new_mid[j1:j2]))
+    edits.reverse()
+    return edits

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from engine import documents, epoch_keys, files
-from engine.documents import DOC_ID_BYTES, LiveDoc
+from engine.documents import DOC_ID_BYTES, LiveDoc, text_edits
 from eventlog.accept import Accepted, Log, Outcome, now_ms, public_payload
 from eventlog.crypto import KxKey, SigningKey
 from eventlog.envelope import Event, Kind, decode_stored
@@ -146,7 +146,7 @@ class Engine:
         """
         live = self.open(doc_id)
         if base_state is None:
-            for offset, delete, insert in files.text_edits(str(live.body), new_text):
+            for offset, delete, insert in text_edits(str(live.body), new_text):
                 documents.edit_text(live, offset, delete, insert)
         else:
             from pycrdt import Doc, Text
@@ -155,7 +155,7 @@ class Engine:
             fork.apply_update(base_state)
             body = fork.get(documents.BODY, type=Text)
             start = fork.get_state()
-            edits = files.text_edits(str(body), new_text)
+            edits = text_edits(str(body), new_text)
             with fork.transaction():
                 for offset, delete, insert in edits:
                     if delete:

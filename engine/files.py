@@ -20,14 +20,12 @@ same author, so they always arrive before the version that needs them.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import posixpath
 import sqlite3
 import unicodedata
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,7 +35,6 @@ from eventlog.errors import NotFoundError, WrongTypeError
 from eventlog.payload import Payload, field_bytes, field_int, field_str
 
 if TYPE_CHECKING:
-    from engine.engine import Engine
     from eventlog.envelope import Event
     from eventlog.store import Store
 
@@ -571,114 +568,3 @@ def chunk_locations(store: Store, chunk_ids: Iterable[bytes]) -> dict[bytes, Loc
     """Where each chunk we hold is; a chunk that has not arrived is absent from the result."""
     rows = rows_in(store, "SELECT id, place, slot FROM chunks", "id", chunk_ids)
     return {bytes(cid): (int(number), int(slot)) for cid, number, slot in rows}
-
-
-# --- reading content ----------------------------------------------------------------------
-
-
-class OpenedRecords:
-    """The last few file events opened for their chunks, by local rowid.
-
-    A ``file.batch`` carries many small files' chunks: a mirror writing them one by one
-    would otherwise decrypt the same event once a file. Bounded, as the events are big."""
-
-    def __init__(self, engine: Engine, size: int = 4) -> None:
-        self.engine, self.size = engine, size
-        self._opened: OrderedDict[int, Payload] = OrderedDict()
-
-    def record(self, number: int) -> Payload | None:
-        """The payload of the record numbered ``number``; None if its event is gone."""
-        rowid = event_rowid(number)
-        payload = self._opened.get(rowid)
-        if payload is None:
-            raw = self.engine.store.event_by_rowid(rowid)
-            if raw is None:
-                return None
-            payload = self.engine.keyring.open_payload(raw.decoded())
-            self._opened[rowid] = payload
-            if len(self._opened) > self.size:
-                self._opened.popitem(last=False)
-        else:
-            self._opened.move_to_end(rowid)
-        if payload["t"] == T_FILE_BATCH:
-            record: Payload = payload["files"][number & ((1 << SLOT_BITS) - 1)]
-            return record
-        return payload
-
-
-def iter_content(
-    engine: Engine,
-    found: FileVersion,
-    where: dict[bytes, Location] | None = None,
-    opened: OpenedRecords | None = None,
-) -> Iterator[bytes]:
-    """The exact bytes of one version, a chunk at a time (bounded memory).
-
-    ``where``: the chunks' locations, if the caller looked them up already; ``opened``:
-    events opened for earlier files, to reuse.
-    """
-    store = engine.store
-    where = chunk_locations(store, found.chunks) if where is None else where
-    opened = OpenedRecords(engine, 1) if opened is None else opened
-    for chunk_id in found.chunks:
-        location = where.get(chunk_id)
-        if location is None:
-            raise NotFoundError(
-                f"{found.path}: chunk {chunk_id[:6].hex()} has not arrived yet (sync first)"
-            )
-        number, slot = location
-        payload = opened.record(number)
-        if payload is None:
-            raise NotFoundError(f"{found.path}: the event holding a chunk is gone")
-        if slot < 0:
-            yield field_bytes(payload, "data")
-        else:
-            yield payload["inline"][slot][1]
-
-
-def current_bytes(engine: Engine, doc_id: bytes) -> bytes:
-    """A file's current content: the merged body for text files, the winner's chunks else."""
-    entry = file_entry(engine.store, doc_id)
-    if entry is None:
-        raise NotFoundError(f"document {doc_id.hex()} is not a file")
-    if entry.deleted:
-        raise NotFoundError(f"{entry.path} is deleted (get an older version with --at)")
-    if entry.text:
-        return str(engine.open(doc_id).body).encode("utf-8")
-    return b"".join(iter_content(engine, version(engine.store, entry.rowid)))
-
-
-# --- text merging -------------------------------------------------------------------------
-
-
-def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
-    """Edits turning ``old`` into ``new`` as (utf-8 byte offset, bytes deleted, insert),
-    last first so that applying them in order keeps the earlier offsets valid.
-
-    pycrdt indexes text by UTF-8 bytes; the diff runs on lines (fast on big files), then on
-    characters inside each changed block, so a one-word edit stays a one-word edit and two
-    replicas' edits of different words merge.
-    """
-    if old == new:
-        return []
-    prefix = 0
-    limit = min(len(old), len(new))
-    while prefix < limit and old[prefix] == new[prefix]:
-        prefix += 1
-    suffix = 0
-    while suffix < limit - prefix and old[-1 - suffix] == new[-1 - suffix]:
-        suffix += 1
-    old_mid, new_mid = old[prefix : len(old) - suffix], new[prefix : len(new) - suffix]
-    edits: list[tuple[int, int, str]] = []
-    base = len(old[:prefix].encode("utf-8"))
-    if len(old_mid) * len(new_mid) > 4_000_000:  # a wholesale rewrite: one replace
-        edits.append((base, len(old_mid.encode("utf-8")), new_mid))
-        return edits
-    matcher = difflib.SequenceMatcher(None, old_mid, new_mid, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            continue
-        offset = base + len(old_mid[:i1].encode("utf-8"))
-        edits.append((offset, len(old_mid[i1:i2].encode("utf-8")), new_mid[j1:j2]))
-    edits.reverse()
-    return edits

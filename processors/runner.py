@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from engine import files
+from engine import file_content
 from engine.engine import Engine
 from eventlog.envelope import MAX_EVENT_BYTES
 from eventlog.errors import NotFoundError, ShoalError
@@ -198,7 +198,7 @@ class Runner:
         try:
             data: bytes | str
             if isinstance(source, FileSource):
-                data = files.current_bytes(self.engine, source.doc)
+                data = file_content.current_bytes(self.engine, source.doc)
             else:
                 data = self.derived.source_text(source)
                 if text_hash(data) != source.text_hash:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from engine import files
+from engine import file_content, files
 from eventlog.errors import AmbiguousError, NotFoundError, StorageError
 from eventlog.store import hex_prefix_bounds
 from replicas.vault import Replica
@@ -66,18 +66,20 @@ def content(replica: Replica, doc_id: bytes, at: str | None) -> Iterator[bytes]:
     if at is None:
         entry = files.file_entry(replica.store, doc_id)
         if entry is not None and entry.text and not entry.deleted:
-            yield files.current_bytes(replica.engine, doc_id)
+            yield file_content.current_bytes(replica.engine, doc_id)
             return
         if entry is None or entry.deleted:
             raise NotFoundError(
                 f"{entry.path if entry else doc_id.hex()} is deleted (name a version with --at)"
             )
-        yield from files.iter_content(replica.engine, files.version(replica.store, entry.rowid))
+        yield from file_content.iter_content(
+            replica.engine, files.version(replica.store, entry.rowid)
+        )
         return
     found = version_at(replica, doc_id, at)
     if found.deleted:
         raise NotFoundError(f"{found.path} was deleted as of that event")
-    yield from files.iter_content(replica.engine, found)
+    yield from file_content.iter_content(replica.engine, found)
 
 
 def write_version(replica: Replica, doc_id: bytes, at: str | None, out: Path | None) -> None:

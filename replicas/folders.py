@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from engine import files
+from engine import file_content, files
 from engine.ingest import FileWriter, Put
 from eventlog.errors import NotFoundError, ShoalError
 from eventlog.migrate import migrate
@@ -177,7 +177,7 @@ class Folder:
         self._owners: dict[str, files.FileEntry] = {}
         self._by_doc: dict[bytes, tuple[str, Seen]] = {}
         self._at_path: dict[str, Seen] = {}
-        self._opened = files.OpenedRecords(replica.engine)
+        self._opened = file_content.OpenedRecords(replica.engine)
         """The file events last opened for chunks: a ``file.batch`` holds many files."""
         self._resolved: dict[str, bool] = {}
         """Vault directories (``"a/b"``, ``""`` for the root) checked for ``local_path`` in the
@@ -644,7 +644,7 @@ class Folder:
             else:
                 entries = files.file_entries_of(store, doc_ids)
         # In log order: the files of one ``file.batch`` come together, so its event is
-        # opened once for all of them (``files.OpenedRecords``), not once a file.
+        # opened once for all of them (``file_content.OpenedRecords``), not once a file.
         entries.sort(key=lambda entry: entry.rowid)
         written = 0
         for start in range(0, len(entries), BATCH_FILES):
@@ -788,7 +788,7 @@ class Folder:
         if data is not None:  # a text file's merge: written now, so its mtime is now
             write_file(target, [data], mode=mode, mtime_ns=None)
         else:  # bytes as they were: they keep their mtime
-            blocks = files.iter_content(self.replica.engine, found, where, self._opened)
+            blocks = file_content.iter_content(self.replica.engine, found, where, self._opened)
             write_file(target, blocks, mode=mode, mtime_ns=found.mtime_ms * 1_000_000)
 
     def _remove_deleted(self, old_path: str | None, later: list[Callable[[], None]]) -> bool:

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import files
+from engine import file_content, files
 from engine.blobs import CHUNK_MAX, CHUNK_MIN, BlobKeys, cut
+from engine.documents import text_edits
 from engine.ingest import RUN_BYTES, FileWriter
 from eventlog.errors import NotFoundError, ShoalError
 from replicas.filesout import content, resolve_file
@@ -71,7 +72,7 @@ def conflict_versions(replica: Replica, path: str) -> set[bytes]:
     entry = files.entry_at_path(replica.store, path)
     assert entry is not None and entry.conflict
     return {
-        b"".join(files.iter_content(replica.engine, v))
+        b"".join(file_content.iter_content(replica.engine, v))
         for v in files.versions(replica.store, entry.doc_id)
     }
 
@@ -747,7 +748,7 @@ def test_text_edits_apply_to_the_crdt_as_diffs() -> None:
     doc: Doc = Doc()  # type: ignore[type-arg]
     body = doc.get("body", type=Text)
     body.insert(0, old)
-    for offset, delete, insert in files.text_edits(old, new):
+    for offset, delete, insert in text_edits(old, new):
         if delete:
             del body[offset : offset + delete]
         if insert:
